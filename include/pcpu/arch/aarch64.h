@@ -1,0 +1,74 @@
+/*
+ * arch/aarch64.h - rseq critical sections for aarch64.
+ *
+ * Same shape as x86_64.h: publish the descriptor, compare the index inside
+ * the section, check pcpu__ok[idx], commit with one store.  The abort
+ * handler is preceded by glibc's aarch64 RSEQ_SIG (0xd428bc00).
+ */
+#ifndef PCPU_ARCH_AARCH64_H
+#define PCPU_ARCH_AARCH64_H
+
+#define PCPU__HAVE_RSEQ 1
+
+static inline char *pcpu__arch_tp(void)
+{
+	char *tp;
+	__asm__("mrs %0, tpidr_el0" : "=r"(tp));
+	return tp;
+}
+
+static inline int pcpu__arch_load_index(void)
+{
+	return *(volatile int *)(pcpu__arch_tp() + pcpu__fast.idx_tpoff);
+}
+
+#define PCPU__A64_CS(body)                                                     \
+	".pushsection __rseq_cs, \"aw\"\n\t"                                   \
+	".balign 32\n\t"                                                       \
+	"333:\n\t"                                                             \
+	".long 0x0, 0x0\n\t"                                                   \
+	".quad 1f, (2f - 1f), 4f\n\t"                                          \
+	".popsection\n\t"                                                      \
+	".pushsection __rseq_cs_ptr_array, \"aw\"\n\t"                         \
+	".quad 333b\n\t"                                                       \
+	".popsection\n\t"                                                      \
+	"adrp x9, 333b\n\t"                                                    \
+	"add x9, x9, :lo12:333b\n\t"                                           \
+	"str x9, [%[cs]]\n\t"                                                  \
+	"1:\n\t"                                                               \
+	"ldr w9, [%[io]]\n\t"                                                  \
+	"cmp w9, %w[idx]\n\t"                                                  \
+	"b.ne 4f\n\t"                                                          \
+	"ldrb w9, [%[ok]]\n\t"                                                 \
+	"cbz w9, 4f\n\t" body "2:\n\t"                                         \
+	".pushsection __rseq_failure, \"ax\"\n\t"                              \
+	".inst 0xd428bc00\n\t"                                                 \
+	"4:\n\t"                                                               \
+	"b %l[abort]\n\t"                                                      \
+	".popsection\n\t"
+
+#define PCPU__A64_OP(name, T, body)                                            \
+	static inline int pcpu__arch_##name(T *q, T v, int idx)                \
+	{                                                                      \
+		char *tp = pcpu__arch_tp();                                    \
+		__asm__ goto(PCPU__A64_CS(body)                                \
+			     :                                                 \
+			     : [cs] "r"(tp + pcpu__fast.cs_tpoff),             \
+			       [io] "r"(tp + pcpu__fast.idx_tpoff),            \
+			       [idx] "r"(idx), [ok] "r"(&pcpu__ok[idx]),       \
+			       [v] "r"(v), [q] "r"(q)                          \
+			     : "memory", "cc", "x9", "x10"                     \
+			     : abort);                                         \
+		return 0;                                                      \
+	abort:                                                                 \
+		return 1;                                                      \
+	}
+
+PCPU__A64_OP(add32, uint32_t,
+	     "ldr w10, [%[q]]\n\tadd w10, w10, %w[v]\n\tstr w10, [%[q]]\n\t")
+PCPU__A64_OP(add64, uint64_t,
+	     "ldr x10, [%[q]]\n\tadd x10, x10, %x[v]\n\tstr x10, [%[q]]\n\t")
+PCPU__A64_OP(write32, uint32_t, "str %w[v], [%[q]]\n\t")
+PCPU__A64_OP(write64, uint64_t, "str %x[v], [%[q]]\n\t")
+
+#endif

@@ -1,0 +1,26 @@
+/*
+ * arch/generic.h - no rseq critical sections on this target (or
+ * PCPU_NO_RSEQ): every operation takes the atomic slow path.
+ */
+#ifndef PCPU_ARCH_GENERIC_H
+#define PCPU_ARCH_GENERIC_H
+
+#define PCPU__HAVE_RSEQ 0
+
+static inline int pcpu__arch_load_index(void)
+{
+	return -1;
+}
+
+#define PCPU__GENERIC_OP(name, T)                                              \
+	static inline int pcpu__arch_##name(T *q, T v, int idx)                \
+	{                                                                      \
+		(void)q, (void)v, (void)idx;                                   \
+		return 1;                                                      \
+	}
+PCPU__GENERIC_OP(add32, uint32_t)
+PCPU__GENERIC_OP(add64, uint64_t)
+PCPU__GENERIC_OP(write32, uint32_t)
+PCPU__GENERIC_OP(write64, uint64_t)
+
+#endif

@@ -1,0 +1,188 @@
+/*
+ * pcpu.h - libpcpu: per-CPU memory for Linux user space.
+ *
+ * pcpu_alloc() hands out an area that exists once per CPU, like the
+ * kernel's alloc_percpu().  The pointer it returns is CPU 0's copy; CPU c's
+ * copy is at p + c * stride (pcpu_ptr).  The operations below act on the
+ * calling CPU's copy without atomic instructions, inside rseq restartable
+ * sequences; pcpu_sum() adds up the copies of the CPUs that can hold
+ * something.  Memory is backed only for CPUs that actually run the
+ * program.
+ *
+ * Errors: functions returning int give 0 or -errno; functions returning a
+ * pointer give NULL and set errno.
+ */
+#ifndef PCPU_PCPU_H
+#define PCPU_PCPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PCPU_VERSION_MAJOR 0
+#define PCPU_VERSION_MINOR 1
+
+/* Largest CPU id + 1 the library handles (the kernel's NR_CPUS limit). */
+#define PCPU_MAX_CPUS 8192
+
+/* ------------------------------------------------------------------ */
+/* Allocation                                                          */
+
+/*
+ * pcpu_alloc - allocate @size bytes on every CPU, aligned to @align.
+ * Every CPU's copy reads as zero.  Returns CPU 0's copy, or NULL with
+ * errno EINVAL (size 0, size > pcpu_alloc_max(), align not a power of two
+ * or above the page size) or ENOMEM (the OS refused memory).  align 0
+ * means the natural alignment for the size (up to 8 bytes).
+ */
+void *pcpu_alloc(size_t size, size_t align);
+
+/* pcpu_free - free an area; NULL is a no-op.  A pointer that is not the
+ * start of a live area is reported to the error handler. */
+void pcpu_free(void *p);
+
+/* Usable size of a live area (the size rounded up to 4 bytes); 0 with
+ * errno EINVAL for a pointer that is not a live area. */
+size_t pcpu_alloc_size(const void *p);
+
+/* Largest size pcpu_alloc accepts (the unit size). */
+size_t pcpu_alloc_max(void);
+
+/*
+ * Error handler for invalid use caught at run time (in release builds
+ * too): @what names the fault ("invalid free", "double free", ...), @ptr
+ * the pointer.  The default prints one line and aborts; a handler that
+ * returns makes the faulty call a no-op.  NULL restores the default.
+ */
+typedef void (*pcpu_error_handler_t)(const char *what, const void *ptr,
+				     void *arg);
+void pcpu_set_error_handler(pcpu_error_handler_t fn, void *arg);
+
+/* ------------------------------------------------------------------ */
+/* CPUs and indexing                                                   */
+
+enum pcpu_index_mode {
+	PCPU_INDEX_CPU = 0, /* copies indexed by CPU number (default) */
+	PCPU_INDEX_CID = 1, /* by rseq concurrency id (mm_cid, Linux 6.3+) */
+};
+
+enum pcpu_path {
+	PCPU_PATH_RSEQ = 0,   /* rseq critical sections, no atomics */
+	PCPU_PATH_ATOMIC = 1, /* sched_getcpu() + atomic RMW (fallback,
+				 simulation) */
+};
+
+/*
+ * pcpu_init - initialise now instead of at first use.  Reads PCPU_INDEX,
+ * PCPU_SIM_POSSIBLE and PCPU_SIM_ONLINE.  Idempotent; returns 0.
+ */
+int pcpu_init(void);
+
+/* Choose the index mode before first use: 0, -EINVAL, or -EBUSY once the
+ * library is initialised.  PCPU_INDEX=cpu|cid does the same. */
+int pcpu_set_index_mode(enum pcpu_index_mode mode);
+/* The mode in effect (cid falls back to cpu without kernel mm_cid). */
+enum pcpu_index_mode pcpu_index_mode(void);
+/* The path in effect for operations of the calling thread. */
+enum pcpu_path pcpu_path(void);
+
+/* Number of CPU ids (possible CPUs, or the simulated count). */
+int pcpu_nr_cpu_ids(void);
+/* The calling thread's CPU (or concurrency id, or simulated CPU). */
+int pcpu_this_cpu(void);
+/*
+ * pcpu_cpu_next - the next index after @cpu (-1 to start) whose copies can
+ * be non-zero, or -1 at the end.  Yields CPUs that have run libpcpu
+ * operations; its last value may be pcpu_nr_cpu_ids(), the shared slot
+ * that collects operations of CPUs that could not be made ready.
+ */
+int pcpu_cpu_next(int cpu);
+#define pcpu_for_each_cpu(cpu)                                                 \
+	for ((cpu) = pcpu_cpu_next(-1); (cpu) >= 0; (cpu) = pcpu_cpu_next(cpu))
+
+/* ------------------------------------------------------------------ */
+/* Simulation: behave as a machine of many CPUs (tests, benchmarks)    */
+
+/*
+ * pcpu_sim_configure - before first use, simulate @possible CPUs of which
+ * @online (a cpulist, NULL for all) are online; the same as the
+ * environment PCPU_SIM_POSSIBLE / PCPU_SIM_ONLINE.  Every operation then
+ * takes the atomic path.  Returns 0, -EINVAL or -EBUSY.
+ */
+int pcpu_sim_configure(int possible, const char *online);
+
+/*
+ * pcpu_sim_set_cpu - make the calling thread act as @cpu for every libpcpu
+ * operation (-1 to stop).  Switches the process to the atomic path (with
+ * an rseq fence, so no operation in flight is lost).  Returns 0 or -EINVAL.
+ */
+int pcpu_sim_set_cpu(int cpu);
+
+/* ------------------------------------------------------------------ */
+/* Statistics                                                          */
+
+struct pcpu_stats {
+	/* the /proc/meminfo "Percpu" analogue: bytes of units actually
+	   backed by memory, measured with mincore() */
+	uint64_t backed_bytes;
+	uint64_t reserved_bytes;  /* address space of all chunks */
+	uint64_t metadata_bytes;  /* out-of-band bookkeeping */
+	uint64_t unit_size;
+	int nr_cpu_ids;
+	int nr_used_cpus;         /* CPUs whose copies can be non-zero */
+	/* debugfs percpu_stats */
+	uint64_t nr_alloc;        /* allocations ever made */
+	uint64_t nr_dealloc;      /* frees ever made */
+	uint64_t nr_cur_alloc;    /* live allocations */
+	uint64_t nr_max_alloc;    /* most live allocations at once */
+	uint64_t nr_chunks;
+	uint64_t nr_max_chunks;
+	uint64_t min_alloc_size;  /* 0 before the first allocation */
+	uint64_t max_alloc_size;
+	uint64_t empty_pop_pages; /* pages (of unit 0's layout) that hold no
+				     allocation but may be backed */
+	uint64_t live_bytes;      /* sum of live area sizes */
+	uint64_t free_bytes;      /* sum over chunks */
+	uint64_t sum_frag;        /* free bytes outside each chunk's largest
+				     free run */
+	uint64_t max_frag;        /* largest such run */
+};
+
+struct pcpu_chunk_stats {
+	void *base;
+	uint64_t nr_alloc;        /* live areas */
+	uint64_t free_bytes;
+	uint64_t contig_bytes;    /* largest free run */
+	uint64_t sum_frag;
+	uint64_t max_frag;
+	uint64_t backed_bytes;
+	uint64_t empty_pop_pages;
+};
+
+/* Fills @st; returns 0. */
+int pcpu_stats_get(struct pcpu_stats *st);
+/* Copies up to @n chunks' stats; returns how many chunks there are. */
+size_t pcpu_stats_chunks(struct pcpu_chunk_stats *out, size_t n);
+
+#define PCPU_STATS_JSON 1   /* one JSON object instead of text */
+#define PCPU_STATS_CHUNKS 2 /* include one line/object per chunk */
+/* Prints the stats; returns 0 or -errno from writing.  PCPU_STATS=1 in the
+ * environment prints them (text) to stderr at exit, PCPU_STATS=json as
+ * JSON. */
+int pcpu_stats_print(FILE *f, int flags);
+
+/* Checks every allocator invariant (docs/DESIGN.md); 0 or -EUCLEAN after
+ * printing the first violation.  Cheap enough for tests, not hot paths. */
+int pcpu_validate(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#include "pcpu/ops.h"
+
+#endif

@@ -1,0 +1,444 @@
+/*
+ * cpu.c - initialisation, index modes, CPU readiness and the slow paths.
+ *
+ * An index is what selects a copy: the CPU number (PCPU_INDEX=cpu), the
+ * rseq concurrency id mm_cid (PCPU_INDEX=cid), or in simulation the CPU a
+ * thread says it acts as.  Index nr_ids is the shared slot.
+ *
+ * Two paths, chosen per process:
+ *
+ *   rseq    CPU copies are only ever changed by rseq critical sections
+ *           that commit with one plain store (ops.h).  The shared slot is
+ *           only ever changed with atomics.
+ *   atomic  every copy is changed with atomic read-modify-write: no rseq
+ *           (valgrind, GLIBC_TUNABLES=glibc.pthread.rseq=0, old kernels)
+ *           and simulation.
+ *
+ * Mixing the two on one copy would lose updates (a plain add racing an
+ * atomic one on another CPU), so a copy is written by exactly one kind.
+ * Switching the process from rseq to atomic (pcpu_sim_set_cpu) clears
+ * pcpu__ok[] and then fences every CPU with membarrier: every section in
+ * flight has then committed or aborted, and a section that starts later
+ * sees pcpu__ok[idx] == 0 inside itself and aborts.
+ *
+ * Readiness: an index becomes "used" the first time an operation runs on
+ * it (bits in _pcpu_g.used only ever get set, under cpu_lock, with release
+ * stores), and only then may its units be written.  So a CPU that never
+ * runs the program has its pages neither backed nor read, and pcpu_sum
+ * and pcpu_free touch only used indexes.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#ifndef AT_RSEQ_FEATURE_SIZE
+#define AT_RSEQ_FEATURE_SIZE 27
+#endif
+
+/* glibc >= 2.35 exports these; weak so that older glibc still links. */
+extern const ptrdiff_t __rseq_offset __attribute__((weak));
+extern const unsigned int __rseq_size __attribute__((weak));
+
+_Static_assert(PCPU_MAX_CPUS == 8192, "pcpu__ok[] in ops.h is sized 8192");
+
+struct pcpu__fast pcpu__fast;
+unsigned char pcpu__ok[PCPU_MAX_CPUS];
+struct pcpu_global _pcpu_g;
+
+#define PCPU_UNIT_SIZE ((size_t)1 << 20)
+
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t cpu_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Requests made before initialisation. */
+static int req_index_mode = -1;
+static int req_sim_possible;
+static char req_sim_online[256];
+static bool req_sim_online_set;
+
+static __thread int tls_sim_cpu = -1;
+
+static char *thread_pointer(void)
+{
+#if defined(__x86_64__)
+	char *tp;
+	__asm__("movq %%fs:0, %0" : "=r"(tp));
+	return tp;
+#elif defined(__aarch64__)
+	char *tp;
+	__asm__("mrs %0, tpidr_el0" : "=r"(tp));
+	return tp;
+#else
+	return NULL;
+#endif
+}
+
+/* The calling thread's struct rseq, or NULL when it is not registered. */
+static volatile int32_t *rseq_area(void)
+{
+	if (!&__rseq_size || !&__rseq_offset || __rseq_size == 0 ||
+	    !thread_pointer())
+		return NULL;
+	volatile int32_t *rs =
+		(volatile int32_t *)(thread_pointer() + __rseq_offset);
+	if (rs[PCPU_RSEQ_CPU_ID_OFFSET / 4] < 0)
+		return NULL;
+	return rs;
+}
+
+static unsigned int rseq_feature_size(void)
+{
+	unsigned int size = &__rseq_size ? __rseq_size : 0;
+	/* glibc 2.35-2.39 report 32 (or 20) whatever the kernel fills in;
+	 * the kernel tells the truth in the auxiliary vector (6.3+). */
+	if (size == 20 || size == 32) {
+		unsigned long feat = getauxval(AT_RSEQ_FEATURE_SIZE);
+		if (feat == 0)
+			feat = 20;
+		size = feat < 32 ? (unsigned int)feat : 32;
+	}
+	return size;
+}
+
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&cpu_lock);
+	_pcpu_chunk_atfork_prepare();
+}
+
+static void atfork_parent(void)
+{
+	_pcpu_chunk_atfork_parent();
+	pthread_mutex_unlock(&cpu_lock);
+}
+
+static void atfork_child(void)
+{
+	_pcpu_chunk_atfork_child();
+	pthread_mutex_unlock(&cpu_lock);
+	_pcpu_os_atfork_child();
+}
+
+static void init_topology(void)
+{
+	const char *poss = getenv("PCPU_SIM_POSSIBLE");
+	const char *onl = getenv("PCPU_SIM_ONLINE");
+	char buf[16], err[160];
+
+	if (req_sim_possible > 0) {
+		snprintf(buf, sizeof(buf), "%d", req_sim_possible);
+		poss = buf;
+		onl = req_sim_online_set ? req_sim_online : NULL;
+	}
+	if (poss && *poss) {
+		if (_pcpu_topology_sim(&_pcpu_g.topo, poss, onl, err,
+				       sizeof(err)) == 0) {
+			_pcpu_g.sim = true;
+			return;
+		}
+		_pcpu_notice("%s; using the real topology", err);
+	}
+	_pcpu_topology_read(&_pcpu_g.topo, NULL);
+}
+
+static void init_index_mode(void)
+{
+	const char *env = getenv("PCPU_INDEX");
+	int want = req_index_mode;
+
+	if (want < 0 && env && *env) {
+		if (!strcmp(env, "cpu"))
+			want = PCPU_INDEX_CPU;
+		else if (!strcmp(env, "cid"))
+			want = PCPU_INDEX_CID;
+		else
+			_pcpu_notice("PCPU_INDEX='%s' is not cpu or cid; using cpu",
+				     env);
+	}
+	_pcpu_g.index_mode = PCPU_INDEX_CPU;
+	if (want != PCPU_INDEX_CID)
+		return;
+	if (_pcpu_g.rseq && _pcpu_g.rseq_feature_size >= 28 && !_pcpu_g.sim)
+		_pcpu_g.index_mode = PCPU_INDEX_CID;
+	else
+		_pcpu_notice("cid index mode needs rseq mm_cid (Linux 6.3+)%s; "
+			     "using cpu",
+			     _pcpu_g.sim ? " and no simulation" : "");
+}
+
+void _pcpu_init_slow(void)
+{
+	pthread_mutex_lock(&init_lock);
+	if (_pcpu_g.initialised) {
+		pthread_mutex_unlock(&init_lock);
+		return;
+	}
+	_pcpu_g.page_size = (size_t)sysconf(_SC_PAGESIZE);
+	_pcpu_g.unit_size = PCPU_UNIT_SIZE;
+	init_topology();
+	_pcpu_g.nr_ids = _pcpu_g.topo.nr_cpu_ids;
+	_pcpu_g.rseq = PCPU__HAVE_RSEQ && rseq_area() != NULL;
+	_pcpu_g.rseq_feature_size = _pcpu_g.rseq ? rseq_feature_size() : 0;
+	init_index_mode();
+	_pcpu_g.path = _pcpu_g.rseq && !_pcpu_g.sim ? PCPU_PATH_RSEQ
+						    : PCPU_PATH_ATOMIC;
+
+	const char *fault = getenv("PCPU_FAULT");
+	if (fault && *fault && _pcpu_os_fault_env(fault))
+		_pcpu_notice("PCPU_FAULT='%s' is malformed; ignored", fault);
+
+	pcpu__fast.stride = _pcpu_g.unit_size;
+	pcpu__fast.nr_ids = (unsigned int)_pcpu_g.nr_ids;
+	if (_pcpu_g.path == PCPU_PATH_RSEQ) {
+		pcpu__fast.idx_tpoff =
+			__rseq_offset + (_pcpu_g.index_mode == PCPU_INDEX_CID
+						 ? PCPU_RSEQ_MM_CID_OFFSET
+						 : PCPU_RSEQ_CPU_ID_OFFSET);
+		pcpu__fast.cs_tpoff = __rseq_offset + PCPU_RSEQ_CS_OFFSET;
+		__atomic_store_n(&pcpu__fast.nr, (unsigned int)_pcpu_g.nr_ids,
+				 __ATOMIC_RELEASE);
+	}
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+	const char *st = getenv("PCPU_STATS");
+	if (st && *st && strcmp(st, "0"))
+		atexit(_pcpu_stats_at_exit);
+	__atomic_store_n(&_pcpu_g.initialised, true, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&init_lock);
+}
+
+int pcpu_init(void)
+{
+	_pcpu_ensure_init();
+	return 0;
+}
+
+int pcpu_set_index_mode(enum pcpu_index_mode mode)
+{
+	if (mode != PCPU_INDEX_CPU && mode != PCPU_INDEX_CID)
+		return -EINVAL;
+	pthread_mutex_lock(&init_lock);
+	int ret = _pcpu_g.initialised ? -EBUSY : 0;
+	if (!ret)
+		req_index_mode = mode;
+	pthread_mutex_unlock(&init_lock);
+	return ret;
+}
+
+enum pcpu_index_mode pcpu_index_mode(void)
+{
+	_pcpu_ensure_init();
+	return _pcpu_g.index_mode;
+}
+
+enum pcpu_path pcpu_path(void)
+{
+	_pcpu_ensure_init();
+	return __atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE);
+}
+
+int pcpu_nr_cpu_ids(void)
+{
+	_pcpu_ensure_init();
+	return _pcpu_g.nr_ids;
+}
+
+int pcpu_sim_configure(int possible, const char *online)
+{
+	if (possible < 1 || possible > PCPU_MAX_CPUS ||
+	    (online && strlen(online) >= sizeof(req_sim_online)))
+		return -EINVAL;
+	struct pcpu_topology *probe = malloc(sizeof(*probe));
+	char num[16], err[160];
+	if (!probe)
+		return -ENOMEM;
+	snprintf(num, sizeof(num), "%d", possible);
+	int ret = _pcpu_topology_sim(probe, num, online, err, sizeof(err));
+	free(probe);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&init_lock);
+	ret = _pcpu_g.initialised ? -EBUSY : 0;
+	if (!ret) {
+		req_sim_possible = possible;
+		req_sim_online_set = online != NULL;
+		if (online)
+			strcpy(req_sim_online, online);
+	}
+	pthread_mutex_unlock(&init_lock);
+	return ret;
+}
+
+/* Switches the process to the atomic path for good; see the top. */
+static void switch_to_atomic(void)
+{
+	pthread_mutex_lock(&cpu_lock);
+	if (_pcpu_g.path == PCPU_PATH_RSEQ) {
+		__atomic_store_n(&pcpu__fast.nr, 0, __ATOMIC_RELEASE);
+		for (int i = 0; i < PCPU_MAX_CPUS; i++)
+			__atomic_store_n(&pcpu__ok[i], 0, __ATOMIC_RELEASE);
+		if (_pcpu_os_rseq_fence(-1))
+			_pcpu_fatal("cannot fence rseq critical sections "
+				    "(membarrier); cannot leave the rseq path");
+		__atomic_store_n(&_pcpu_g.path, PCPU_PATH_ATOMIC,
+				 __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&cpu_lock);
+}
+
+int pcpu_sim_set_cpu(int cpu)
+{
+	_pcpu_ensure_init();
+	if (cpu < -1 || cpu >= _pcpu_g.nr_ids)
+		return -EINVAL;
+	if (cpu >= 0)
+		switch_to_atomic();
+	tls_sim_cpu = cpu;
+	return 0;
+}
+
+/* Marks @idx used; after this its copies may be written. */
+static void make_used(int idx)
+{
+	pthread_mutex_lock(&cpu_lock);
+	uint64_t bit = (uint64_t)1 << (idx % 64);
+	if (!(_pcpu_g.used.bits[idx / 64] & bit)) {
+		__atomic_fetch_or(&_pcpu_g.used.bits[idx / 64], bit,
+				  __ATOMIC_RELEASE);
+		if (_pcpu_g.path == PCPU_PATH_RSEQ && idx < _pcpu_g.nr_ids)
+			__atomic_store_n(&pcpu__ok[idx], 1, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&cpu_lock);
+}
+
+static bool is_used(int idx)
+{
+	return (__atomic_load_n(&_pcpu_g.used.bits[idx / 64],
+				__ATOMIC_ACQUIRE) >>
+		(idx % 64)) & 1;
+}
+
+/* The calling thread's raw index (may be out of range). */
+static int raw_index(void)
+{
+	if (tls_sim_cpu >= 0)
+		return tls_sim_cpu;
+	volatile int32_t *rs = _pcpu_g.rseq ? rseq_area() : NULL;
+	int idx;
+	if (rs && _pcpu_g.index_mode == PCPU_INDEX_CID)
+		idx = rs[PCPU_RSEQ_MM_CID_OFFSET / 4];
+	else if (rs)
+		idx = rs[PCPU_RSEQ_CPU_ID_OFFSET / 4];
+	else
+		idx = sched_getcpu();
+	if (_pcpu_g.sim && idx >= 0)
+		idx %= _pcpu_g.nr_ids; /* a real CPU acting in the model */
+	return idx;
+}
+
+/*
+ * slow_index - the index the slow path operates on, made used.
+ * Returns an index < nr_ids, or nr_ids for the shared slot (an index the
+ * library cannot use).
+ */
+static int slow_index(void)
+{
+	_pcpu_ensure_init();
+	int idx = raw_index();
+	if (idx < 0 || idx >= _pcpu_g.nr_ids)
+		idx = _pcpu_g.nr_ids;
+	if (!is_used(idx))
+		make_used(idx);
+	return idx;
+}
+
+int pcpu_this_cpu(void)
+{
+	_pcpu_ensure_init();
+	int idx = raw_index();
+	return idx < 0 || idx >= _pcpu_g.nr_ids ? _pcpu_g.nr_ids : idx;
+}
+
+/* True when the slow path must change @idx's copy with an rseq commit. */
+static bool rseq_owned(int idx)
+{
+	return idx < _pcpu_g.nr_ids &&
+	       __atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE) ==
+		       PCPU_PATH_RSEQ;
+}
+
+#define PCPU__DEFINE_SLOW(W)                                                   \
+	void pcpu__add_slow##W(void *p, uint##W##_t v)                         \
+	{                                                                      \
+		for (;;) {                                                     \
+			int idx = slow_index();                                \
+			uint##W##_t *q = pcpu__copy(p, idx);                   \
+			if (!rseq_owned(idx)) {                                \
+				__atomic_fetch_add(q, v, __ATOMIC_RELAXED);    \
+				return;                                        \
+			}                                                      \
+			if (pcpu__arch_add##W(q, v, idx) == 0)                 \
+				return;                                        \
+		}                                                              \
+	}                                                                      \
+	void pcpu__write_slow##W(void *p, uint##W##_t v)                       \
+	{                                                                      \
+		for (;;) {                                                     \
+			int idx = slow_index();                                \
+			uint##W##_t *q = pcpu__copy(p, idx);                   \
+			if (!rseq_owned(idx)) {                                \
+				__atomic_store_n(q, v, __ATOMIC_RELAXED);      \
+				return;                                        \
+			}                                                      \
+			if (pcpu__arch_write##W(q, v, idx) == 0)               \
+				return;                                        \
+		}                                                              \
+	}                                                                      \
+	uint##W##_t pcpu__read_slow##W(const void *p)                          \
+	{                                                                      \
+		int idx = slow_index();                                        \
+		return __atomic_load_n((const uint##W##_t *)pcpu__copy(p, idx), \
+				       __ATOMIC_RELAXED);                      \
+	}                                                                      \
+	uint##W##_t pcpu__sum##W(const void *p)                                \
+	{                                                                      \
+		uint##W##_t sum = 0;                                           \
+		int cpu;                                                       \
+		pcpu_for_each_cpu(cpu) sum += __atomic_load_n(                 \
+			(const uint##W##_t *)pcpu__copy(p, cpu),               \
+			__ATOMIC_RELAXED);                                     \
+		return sum;                                                    \
+	}
+
+PCPU__DEFINE_SLOW(32)
+PCPU__DEFINE_SLOW(64)
+
+int pcpu_cpu_next(int cpu)
+{
+	_pcpu_ensure_init();
+	if (cpu < -1 || cpu >= _pcpu_g.nr_ids)
+		return -1;
+	for (int w = (cpu + 1) / 64; w <= _pcpu_g.nr_ids / 64; w++) {
+		uint64_t x = __atomic_load_n(&_pcpu_g.used.bits[w],
+					     __ATOMIC_ACQUIRE);
+		if (w == (cpu + 1) / 64)
+			x &= ~(uint64_t)0 << ((cpu + 1) % 64);
+		if (x) {
+			int next = w * 64 + __builtin_ctzll(x);
+			return next <= _pcpu_g.nr_ids ? next : -1;
+		}
+	}
+	return -1;
+}
+
+void _pcpu_used_snapshot(struct pcpu_cpuset *out)
+{
+	for (int w = 0; w < PCPU_CPUSET_WORDS; w++)
+		out->bits[w] = __atomic_load_n(&_pcpu_g.used.bits[w],
+					       __ATOMIC_ACQUIRE);
+}

@@ -1,0 +1,313 @@
+/*
+ * test_ops.c - this-CPU operations: no update is ever lost.
+ *
+ * Threads hammer pcpu_add/sub/inc/dec on counters of every supported type
+ * while being moved between CPUs (by themselves and by a mover thread with
+ * sched_setaffinity) and interrupted by signals whose handlers also add;
+ * pcpu_sum must equal the exact total.  CTest runs this program in each
+ * mode (rseq cpu, rseq cid, fallback without rseq, simulation); the
+ * expected mode comes in PCPU_TEST_PATH / PCPU_TEST_INDEX so that a run
+ * cannot pass in the wrong mode.  The last phase switches a running rseq
+ * process to the atomic path (pcpu_sim_set_cpu) mid-storm: still exact.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "pcpu/pcpu.h"
+
+static long scale = 1;        /* divides iteration counts */
+static int nr_real_cpus;
+static int real_cpus[PCPU_MAX_CPUS];
+
+static void setup_scale(void)
+{
+	const char *s = getenv("PCPU_TEST_SCALE");
+	if (s && !strcmp(s, "valgrind"))
+		scale = 50;
+	cpu_set_t set;
+	REQUIRE(sched_getaffinity(0, sizeof(set), &set) == 0);
+	for (int c = 0; c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, &set))
+			real_cpus[nr_real_cpus++] = c;
+	REQUIRE(nr_real_cpus > 0);
+}
+
+static void move_to(pid_t tid, int cpu)
+{
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	sched_setaffinity(tid, sizeof(set), &set);
+}
+
+static void unpin(void)
+{
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	for (int i = 0; i < nr_real_cpus; i++)
+		CPU_SET(real_cpus[i], &set);
+	sched_setaffinity(0, sizeof(set), &set);
+}
+
+/* ---- the mode this run must be in ---- */
+
+static void check_mode(void)
+{
+	const char *path = getenv("PCPU_TEST_PATH");
+	const char *index = getenv("PCPU_TEST_INDEX");
+	if (path && !strcmp(path, "rseq"))
+		CHECK(pcpu_path() == PCPU_PATH_RSEQ);
+	if (path && !strcmp(path, "atomic"))
+		CHECK(pcpu_path() == PCPU_PATH_ATOMIC);
+	if (index && !strcmp(index, "cid"))
+		CHECK(pcpu_index_mode() == PCPU_INDEX_CID);
+	if (index && !strcmp(index, "cpu"))
+		CHECK(pcpu_index_mode() == PCPU_INDEX_CPU);
+	fprintf(stderr, "mode: path %s, index %s, %d cpu ids\n",
+		pcpu_path() == PCPU_PATH_RSEQ ? "rseq" : "atomic",
+		pcpu_index_mode() == PCPU_INDEX_CID ? "cid" : "cpu",
+		pcpu_nr_cpu_ids());
+}
+
+/* ---- single-thread semantics of every type ---- */
+
+#define TYPE_CHECK(T, val)                                                     \
+	do {                                                                   \
+		T *p = pcpu_alloc(sizeof(T), 0);                               \
+		REQUIRE(p);                                                    \
+		CHECK(pcpu_sum(p) == 0);                                       \
+		CHECK(pcpu_read(p) == 0);                                      \
+		pcpu_add(p, (T)(val));                                         \
+		pcpu_inc(p);                                                   \
+		pcpu_dec(p);                                                   \
+		pcpu_sub(p, (T)1);                                             \
+		pcpu_add(p, (T)1);                                             \
+		CHECK(pcpu_sum(p) == (T)(val));                                \
+		const T *cp = p;                                               \
+		CHECK(pcpu_sum(cp) == (T)(val));                               \
+		pcpu_write(p, (T)7);                                           \
+		CHECK(pcpu_read(cp) == (T)7);                                  \
+		CHECK(*pcpu_ptr(p, pcpu_this_cpu()) == (T)7);                  \
+		pcpu_free(p);                                                  \
+	} while (0)
+
+static void test_types(void)
+{
+	move_to(0, real_cpus[0]); /* read-after-write needs one CPU */
+	TYPE_CHECK(int, -5);
+	TYPE_CHECK(unsigned int, 4000000000u);
+	TYPE_CHECK(long, -(1L << 40));
+	TYPE_CHECK(unsigned long, 1UL << 63);
+	TYPE_CHECK(long long, 123456789012LL);
+	TYPE_CHECK(unsigned long long, 99ULL);
+	TYPE_CHECK(int32_t, 17);
+	TYPE_CHECK(uint32_t, 17);
+	TYPE_CHECK(int64_t, -17);
+	TYPE_CHECK(uint64_t, 17);
+	TYPE_CHECK(size_t, 17);
+
+	/* unsigned wrap-around is exact modular arithmetic */
+	uint32_t *w = pcpu_alloc(4, 4);
+	REQUIRE(w);
+	pcpu_sub(w, 1u);
+	CHECK(pcpu_sum(w) == UINT32_MAX);
+	pcpu_inc(w);
+	CHECK(pcpu_sum(w) == 0);
+	pcpu_free(w);
+	unpin();
+}
+
+/* ---- the storm ---- */
+
+#define NR_WORKERS 4
+
+struct storm {
+	long *c64;
+	int *c32;
+	unsigned long *cu64;
+	long iters;
+	volatile int stop_mover;
+	pid_t tids[NR_WORKERS];
+	volatile int ready;
+	volatile int switch_at; /* worker 0 switches to atomic at this iter */
+};
+
+static struct storm st;
+static long *sig_counter;
+static volatile long sig_adds;
+static long main_adds; /* every add of the main thread, all storms */
+
+static void on_alarm(int sig)
+{
+	(void)sig;
+	pcpu_add(sig_counter, 3L);
+	sig_adds++; /* only the main thread takes the signal: see below */
+}
+
+static void *worker(void *arg)
+{
+	long id = (long)arg;
+	unsigned seed = (unsigned)id * 7919u + 1;
+	st.tids[id] = gettid();
+	__atomic_add_fetch(&st.ready, 1, __ATOMIC_RELEASE);
+	for (long i = 0; i < st.iters; i++) {
+		pcpu_add(st.c64, id + 1);
+		pcpu_inc(st.c32);
+		pcpu_sub(st.cu64, 2UL);
+		if (i % 1000 == 0 && nr_real_cpus > 1)
+			move_to(0, real_cpus[rand_r(&seed) % nr_real_cpus]);
+		if (id == 0 && i == st.switch_at)
+			CHECK(pcpu_sim_set_cpu(0) == 0);
+	}
+	return NULL;
+}
+
+static void *mover(void *arg)
+{
+	(void)arg;
+	unsigned seed = 42;
+	while (!st.stop_mover) {
+		if (nr_real_cpus > 1)
+			for (int i = 0; i < NR_WORKERS; i++)
+				if (st.tids[i])
+					move_to(st.tids[i],
+						real_cpus[rand_r(&seed) %
+							  nr_real_cpus]);
+		usleep(200);
+	}
+	return NULL;
+}
+
+static void run_storm(long iters, int switch_at)
+{
+	pthread_t w[NR_WORKERS], mv;
+	sigset_t block;
+
+	memset(&st, 0, sizeof(st));
+	st.iters = iters;
+	st.switch_at = switch_at;
+	st.c64 = pcpu_alloc(sizeof(long), 0);
+	st.c32 = pcpu_alloc(sizeof(int), 0);
+	st.cu64 = pcpu_alloc(sizeof(unsigned long), 0);
+	REQUIRE(st.c64 && st.c32 && st.cu64);
+
+	/* workers do not take SIGALRM: the handler's count stays exact */
+	sigemptyset(&block);
+	sigaddset(&block, SIGALRM);
+	pthread_sigmask(SIG_BLOCK, &block, NULL);
+	for (long i = 0; i < NR_WORKERS; i++)
+		REQUIRE(pthread_create(&w[i], NULL, worker, (void *)i) == 0);
+	while (__atomic_load_n(&st.ready, __ATOMIC_ACQUIRE) < NR_WORKERS)
+		sched_yield();
+	REQUIRE(pthread_create(&mv, NULL, mover, NULL) == 0);
+	pthread_sigmask(SIG_UNBLOCK, &block, NULL);
+
+	/* the main thread adds too, interrupted by its own signal handler */
+	struct itimerval it = { { 0, 500 }, { 0, 500 } };
+	setitimer(ITIMER_REAL, &it, NULL);
+	for (long i = 0; i < iters; i++) {
+		pcpu_add(sig_counter, 1L);
+		main_adds++;
+	}
+	struct itimerval off = { { 0, 0 }, { 0, 0 } };
+	setitimer(ITIMER_REAL, &off, NULL);
+
+	for (int i = 0; i < NR_WORKERS; i++)
+		pthread_join(w[i], NULL);
+	st.stop_mover = 1;
+	pthread_join(mv, NULL);
+
+	long want64 = 0;
+	for (int i = 0; i < NR_WORKERS; i++)
+		want64 += (long)(i + 1) * iters;
+	CHECK_EQ(pcpu_sum(st.c64), want64);
+	CHECK_EQ(pcpu_sum(st.c32), (int)(NR_WORKERS * iters));
+	CHECK(pcpu_sum(st.cu64) == (unsigned long)(-2L * NR_WORKERS * iters));
+	CHECK_EQ(pcpu_sum(sig_counter), main_adds + 3 * sig_adds);
+	fprintf(stderr, "storm: %ld iters x %d threads, %ld signal adds\n",
+		iters, NR_WORKERS, (long)sig_adds);
+	pcpu_free(st.c64);
+	pcpu_free(st.c32);
+	pcpu_free(st.cu64);
+}
+
+/* ---- simulation: threads acting as many CPUs ---- */
+
+static long *sim_counter;
+
+static void *sim_worker(void *arg)
+{
+	long id = (long)arg;
+	unsigned seed = (unsigned)id + 99;
+	int n = pcpu_nr_cpu_ids();
+	for (long i = 0; i < 20000 / scale; i++) {
+		if (i % 100 == 0)
+			CHECK(pcpu_sim_set_cpu(rand_r(&seed) % n) == 0);
+		pcpu_add(sim_counter, 2L);
+	}
+	CHECK(pcpu_sim_set_cpu(-1) == 0);
+	return NULL;
+}
+
+static void test_sim(void)
+{
+	int n = pcpu_nr_cpu_ids();
+	CHECK(pcpu_sim_set_cpu(n) == -EINVAL);
+	CHECK(pcpu_sim_set_cpu(-2) == -EINVAL);
+	sim_counter = pcpu_alloc(8, 8);
+	REQUIRE(sim_counter);
+	pthread_t t[NR_WORKERS];
+	for (long i = 0; i < NR_WORKERS; i++)
+		REQUIRE(pthread_create(&t[i], NULL, sim_worker, (void *)i) == 0);
+	for (int i = 0; i < NR_WORKERS; i++)
+		pthread_join(t[i], NULL);
+	CHECK_EQ(pcpu_sum(sim_counter), 2L * NR_WORKERS * (20000 / scale));
+	CHECK(pcpu_path() == PCPU_PATH_ATOMIC);
+
+	/* acting as CPU k puts the value in CPU k's copy */
+	CHECK(pcpu_sim_set_cpu(n - 1) == 0);
+	CHECK_EQ(pcpu_this_cpu(), n - 1);
+	pcpu_add(sim_counter, 1000L);
+	CHECK(*pcpu_ptr(sim_counter, n - 1) >= 1000);
+	CHECK(pcpu_read(sim_counter) == *pcpu_ptr(sim_counter, n - 1));
+
+	/* only used CPUs are visited */
+	int visited = 0, cpu, last = -1;
+	pcpu_for_each_cpu(cpu) {
+		CHECK(cpu > last);
+		last = cpu;
+		visited++;
+	}
+	CHECK(visited >= 1 && visited <= n + 1);
+	CHECK(pcpu_sim_set_cpu(-1) == 0);
+	pcpu_free(sim_counter);
+}
+
+int main(void)
+{
+	setup_scale();
+	sig_counter = pcpu_alloc(sizeof(long), 0);
+	REQUIRE(sig_counter);
+	signal(SIGALRM, on_alarm);
+	check_mode();
+	CHECK(pcpu_set_index_mode(PCPU_INDEX_CPU) == -EBUSY);
+	CHECK(pcpu_sim_configure(4, NULL) == -EBUSY);
+	test_types();
+	run_storm(2000000 / scale, -1);
+	if (pcpu_path() == PCPU_PATH_RSEQ) {
+		/* switch the process to the atomic path mid-storm */
+		run_storm(1000000 / scale, 500000 / (int)scale);
+		CHECK(pcpu_path() == PCPU_PATH_ATOMIC);
+	}
+	test_sim();
+	CHECK(pcpu_validate() == 0);
+	return check_done();
+}
