@@ -203,6 +203,13 @@ void _pcpu_init_slow(void)
 		pcpu__fast.cs_tpoff = __rseq_offset + PCPU_RSEQ_CS_OFFSET;
 		__atomic_store_n(&pcpu__fast.nr, (unsigned int)_pcpu_g.nr_ids,
 				 __ATOMIC_RELEASE);
+		if (_pcpu_g.rseq_feature_size >= 28) {
+			pcpu__fast.cid_tpoff =
+				__rseq_offset + PCPU_RSEQ_MM_CID_OFFSET;
+			__atomic_store_n(&pcpu__fast.cid_nr,
+					 (unsigned int)_pcpu_g.nr_ids,
+					 __ATOMIC_RELEASE);
+		}
 	}
 	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 	const char *st = getenv("PCPU_STATS");
@@ -280,6 +287,7 @@ static void switch_to_atomic(void)
 	pthread_mutex_lock(&cpu_lock);
 	if (_pcpu_g.path == PCPU_PATH_RSEQ) {
 		__atomic_store_n(&pcpu__fast.nr, 0, __ATOMIC_RELEASE);
+		__atomic_store_n(&pcpu__fast.cid_nr, 0, __ATOMIC_RELEASE);
 		for (int i = 0; i < PCPU_MAX_CPUS; i++)
 			__atomic_store_n(&pcpu__ok[i], 0, __ATOMIC_RELEASE);
 		if (_pcpu_os_rseq_fence(-1))
@@ -357,6 +365,73 @@ static int slow_index(void)
 	return idx;
 }
 
+/*
+ * Thread indexes: a compact id per live thread (the lowest free one),
+ * released when the thread exits.  They stand in for mm_cid where the
+ * kernel has none or in simulation, so that what is indexed by
+ * concurrency (counters) needs as many slots as live threads.
+ */
+static pthread_key_t thread_index_key;
+static pthread_once_t thread_index_once = PTHREAD_ONCE_INIT;
+static struct pcpu_cpuset thread_index_taken;
+static __thread int tls_thread_index = -1;
+
+static void thread_index_release(void *arg)
+{
+	int idx = (int)(intptr_t)arg - 1;
+	pthread_mutex_lock(&cpu_lock);
+	_pcpu_cpuset_clear(&thread_index_taken, idx);
+	pthread_mutex_unlock(&cpu_lock);
+}
+
+static void thread_index_init(void)
+{
+	pthread_key_create(&thread_index_key, thread_index_release);
+}
+
+static int thread_index(void)
+{
+	if (PCPU_LIKELY(tls_thread_index >= 0))
+		return tls_thread_index;
+	pthread_once(&thread_index_once, thread_index_init);
+	pthread_mutex_lock(&cpu_lock);
+	int idx = 0;
+	while (idx < _pcpu_g.nr_ids &&
+	       _pcpu_cpuset_test(&thread_index_taken, idx))
+		idx++;
+	if (idx < _pcpu_g.nr_ids)
+		_pcpu_cpuset_set(&thread_index_taken, idx);
+	pthread_mutex_unlock(&cpu_lock);
+	if (idx < _pcpu_g.nr_ids)
+		pthread_setspecific(thread_index_key, (void *)(intptr_t)(idx + 1));
+	tls_thread_index = idx; /* nr_ids: the shared slot, for good */
+	return idx;
+}
+
+int pcpu__cid_slow_index(void)
+{
+	_pcpu_ensure_init();
+	int idx = -1;
+	if (__atomic_load_n(&pcpu__fast.cid_nr, __ATOMIC_ACQUIRE)) {
+		volatile int32_t *rs = rseq_area();
+		if (rs)
+			idx = rs[PCPU_RSEQ_MM_CID_OFFSET / 4];
+	}
+	if (idx < 0)
+		idx = thread_index();
+	if (idx >= _pcpu_g.nr_ids)
+		idx = _pcpu_g.nr_ids;
+	if (!is_used(idx))
+		make_used(idx);
+	return idx;
+}
+
+bool pcpu__cid_rseq(int idx)
+{
+	return idx < _pcpu_g.nr_ids &&
+	       __atomic_load_n(&pcpu__fast.cid_nr, __ATOMIC_ACQUIRE) != 0;
+}
+
 int pcpu_this_cpu(void)
 {
 	_pcpu_ensure_init();
@@ -382,7 +457,7 @@ static bool rseq_owned(int idx)
 				__atomic_fetch_add(q, v, __ATOMIC_RELAXED);    \
 				return;                                        \
 			}                                                      \
-			if (pcpu__arch_add##W(q, v, idx) == 0)                 \
+			if (pcpu__arch_add##W(q, v, idx, pcpu__fast.idx_tpoff) == 0)                 \
 				return;                                        \
 		}                                                              \
 	}                                                                      \
@@ -395,7 +470,8 @@ static bool rseq_owned(int idx)
 				__atomic_store_n(q, v, __ATOMIC_RELAXED);      \
 				return;                                        \
 			}                                                      \
-			if (pcpu__arch_write##W(q, v, idx) == 0)               \
+			if (pcpu__arch_write##W(q, v, idx,                       \
+						 pcpu__fast.idx_tpoff) == 0)               \
 				return;                                        \
 		}                                                              \
 	}                                                                      \

@@ -37,6 +37,10 @@ struct pcpu__fast {
 				 0 = never (not initialised, no rseq) */
 	unsigned int nr_ids;  /* CPU ids (pcpu_nr_cpu_ids) */
 	size_t stride;        /* distance between two CPUs' copies */
+	long cid_tpoff;       /* thread-pointer offset of rseq mm_cid */
+	unsigned int cid_nr;  /* like nr, for fast paths indexed by mm_cid
+				 whatever the index mode (counters); 0 when
+				 the kernel has no mm_cid */
 };
 extern struct pcpu__fast pcpu__fast;
 /* pcpu__ok[idx] != 0: the fast path may commit on index idx. */
@@ -51,6 +55,13 @@ uint32_t pcpu__read_slow32(const void *p);
 uint64_t pcpu__read_slow64(const void *p);
 uint32_t pcpu__sum32(const void *p);
 uint64_t pcpu__sum64(const void *p);
+/* Slow path of what is indexed by concurrency id (counters): the index to
+ * use now, made ready (mm_cid, else a compact per-thread id; the shared
+ * slot pcpu_nr_cpu_ids() when none fits). */
+int pcpu__cid_slow_index(void);
+/* True when a copy at concurrency index @idx must be changed with an rseq
+ * commit (indexed by mm_cid); false when atomics are right. */
+_Bool pcpu__cid_rseq(int idx);
 void pcpu__bad_cpu(const char *call, const void *p, int cpu)
 	__attribute__((noreturn));
 
@@ -65,7 +76,8 @@ void pcpu__bad_cpu(const char *call, const void *p, int cpu)
 /* The index the fast path would use, or -1 when it must not be tried. */
 static inline int pcpu__fast_index(void)
 {
-	unsigned int idx = (unsigned int)pcpu__arch_load_index();
+	unsigned int idx =
+		(unsigned int)pcpu__arch_load_index(pcpu__fast.idx_tpoff);
 	if (pcpu__unlikely(idx >= pcpu__fast.nr))
 		return -1;
 	if (pcpu__unlikely(!__atomic_load_n(&pcpu__ok[idx], __ATOMIC_ACQUIRE)))
@@ -84,8 +96,8 @@ static inline void *pcpu__copy(const void *p, int idx)
 		int idx;                                                       \
 		while ((idx = pcpu__fast_index()) >= 0) {                      \
 			if (pcpu__likely(pcpu__arch_add##W(                    \
-				    (uint##W##_t *)pcpu__copy(p, idx), v,      \
-				    idx) == 0))                                \
+				    (uint##W##_t *)pcpu__copy(p, idx), v, idx, \
+				    pcpu__fast.idx_tpoff) == 0))               \
 				return;                                        \
 		}                                                              \
 		pcpu__add_slow##W(p, v);                                       \
@@ -95,8 +107,8 @@ static inline void *pcpu__copy(const void *p, int idx)
 		int idx;                                                       \
 		while ((idx = pcpu__fast_index()) >= 0) {                      \
 			if (pcpu__likely(pcpu__arch_write##W(                  \
-				    (uint##W##_t *)pcpu__copy(p, idx), v,      \
-				    idx) == 0))                                \
+				    (uint##W##_t *)pcpu__copy(p, idx), v, idx, \
+				    pcpu__fast.idx_tpoff) == 0))               \
 				return;                                        \
 		}                                                              \
 		pcpu__write_slow##W(p, v);                                     \

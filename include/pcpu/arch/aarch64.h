@@ -17,9 +17,10 @@ static inline char *pcpu__arch_tp(void)
 	return tp;
 }
 
-static inline int pcpu__arch_load_index(void)
+/* The int at thread-pointer offset @io (cpu_id or mm_cid). */
+static inline int pcpu__arch_load_index(long io)
 {
-	return *(volatile int *)(pcpu__arch_tp() + pcpu__fast.idx_tpoff);
+	return *(volatile int *)(pcpu__arch_tp() + io);
 }
 
 #define PCPU__A64_CS(body)                                                     \
@@ -47,14 +48,15 @@ static inline int pcpu__arch_load_index(void)
 	"b %l[abort]\n\t"                                                      \
 	".popsection\n\t"
 
+/* Returns 0 after the commit, 1 after an abort (nothing written). */
 #define PCPU__A64_OP(name, T, body)                                            \
-	static inline int pcpu__arch_##name(T *q, T v, int idx)                \
+	static inline int pcpu__arch_##name(T *q, T v, int idx, long io)       \
 	{                                                                      \
 		char *tp = pcpu__arch_tp();                                    \
 		__asm__ goto(PCPU__A64_CS(body)                                \
 			     :                                                 \
 			     : [cs] "r"(tp + pcpu__fast.cs_tpoff),             \
-			       [io] "r"(tp + pcpu__fast.idx_tpoff),            \
+			       [io] "r"(tp + io),                              \
 			       [idx] "r"(idx), [ok] "r"(&pcpu__ok[idx]),       \
 			       [v] "r"(v), [q] "r"(q)                          \
 			     : "memory", "cc", "x9", "x10"                     \
@@ -70,5 +72,50 @@ PCPU__A64_OP(add64, uint64_t,
 	     "ldr x10, [%[q]]\n\tadd x10, x10, %x[v]\n\tstr x10, [%[q]]\n\t")
 PCPU__A64_OP(write32, uint32_t, "str %w[v], [%[q]]\n\t")
 PCPU__A64_OP(write64, uint64_t, "str %x[v], [%[q]]\n\t")
+
+
+/* See x86_64.h: 0 commit, 1 abort, 2 result outside (-lim, lim). */
+static inline int pcpu__arch_add_bounded64(int64_t *q, int64_t v, int idx,
+					   long io, int64_t lim)
+{
+	char *tp = pcpu__arch_tp();
+	uint64_t bias = (uint64_t)lim - 1, span = 2 * (uint64_t)lim - 1;
+	__asm__ goto(PCPU__A64_CS("ldr x10, [%[q]]\n\t"
+				  "add x10, x10, %x[v]\n\t"
+				  "add x11, x10, %x[bias]\n\t"
+				  "cmp x11, %x[span]\n\t"
+				  "b.hs %l[out]\n\t"
+				  "str x10, [%[q]]\n\t")
+		     :
+		     : [cs] "r"(tp + pcpu__fast.cs_tpoff), [io] "r"(tp + io),
+		       [idx] "r"(idx), [ok] "r"(&pcpu__ok[idx]), [v] "r"(v),
+		       [q] "r"(q), [bias] "r"(bias), [span] "r"(span)
+		     : "memory", "cc", "x9", "x10", "x11"
+		     : abort, out);
+	return 0;
+abort:
+	return 1;
+out:
+	return 2;
+}
+
+/* See x86_64.h: *out = *q; *q = 0 as one commit; 0 commit, 1 abort. */
+static inline int pcpu__arch_xchg0_64(int64_t *q, int64_t *out, int idx,
+				      long io)
+{
+	char *tp = pcpu__arch_tp();
+	__asm__ goto(PCPU__A64_CS("ldr x10, [%[q]]\n\t"
+				  "str x10, [%[out]]\n\t"
+				  "str xzr, [%[q]]\n\t")
+		     :
+		     : [cs] "r"(tp + pcpu__fast.cs_tpoff), [io] "r"(tp + io),
+		       [idx] "r"(idx), [ok] "r"(&pcpu__ok[idx]), [q] "r"(q),
+		       [out] "r"(out)
+		     : "memory", "cc", "x9", "x10"
+		     : abort);
+	return 0;
+abort:
+	return 1;
+}
 
 #endif

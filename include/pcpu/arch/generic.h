@@ -7,20 +7,36 @@
 
 #define PCPU__HAVE_RSEQ 0
 
-static inline int pcpu__arch_load_index(void)
+static inline int pcpu__arch_load_index(long io)
 {
+	(void)io;
 	return -1;
 }
 
 #define PCPU__GENERIC_OP(name, T)                                              \
-	static inline int pcpu__arch_##name(T *q, T v, int idx)                \
+	static inline int pcpu__arch_##name(T *q, T v, int idx, long io)       \
 	{                                                                      \
-		(void)q, (void)v, (void)idx;                                   \
+		(void)q, (void)v, (void)idx, (void)io;                         \
 		return 1;                                                      \
 	}
 PCPU__GENERIC_OP(add32, uint32_t)
 PCPU__GENERIC_OP(add64, uint64_t)
 PCPU__GENERIC_OP(write32, uint32_t)
 PCPU__GENERIC_OP(write64, uint64_t)
+
+
+static inline int pcpu__arch_add_bounded64(int64_t *q, int64_t v, int idx,
+					   long io, int64_t lim)
+{
+	(void)q, (void)v, (void)idx, (void)io, (void)lim;
+	return 1;
+}
+
+static inline int pcpu__arch_xchg0_64(int64_t *q, int64_t *out, int idx,
+				      long io)
+{
+	(void)q, (void)out, (void)idx, (void)io;
+	return 1;
+}
 
 #endif

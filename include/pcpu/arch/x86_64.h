@@ -15,12 +15,11 @@
 
 #define PCPU__HAVE_RSEQ 1
 
-static inline int pcpu__arch_load_index(void)
+/* The int at thread-pointer offset @io (cpu_id or mm_cid). */
+static inline int pcpu__arch_load_index(long io)
 {
 	int idx;
-	__asm__ __volatile__("movl %%fs:(%1), %0"
-			     : "=r"(idx)
-			     : "r"(pcpu__fast.idx_tpoff));
+	__asm__ __volatile__("movl %%fs:(%1), %0" : "=r"(idx) : "r"(io));
 	return idx;
 }
 
@@ -49,13 +48,14 @@ static inline int pcpu__arch_load_index(void)
 	"jmp %l[abort]\n\t"                                                    \
 	".popsection\n\t"
 
+/* Returns 0 after the commit, 1 after an abort (nothing written). */
 #define PCPU__X86_OP(name, T, insn, vcons)                                     \
-	static inline int pcpu__arch_##name(T *q, T v, int idx)                \
+	static inline int pcpu__arch_##name(T *q, T v, int idx, long io)       \
 	{                                                                      \
 		__asm__ goto(PCPU__X86_CS(insn)                                \
 			     :                                                 \
 			     : [cs] "r"(pcpu__fast.cs_tpoff),                  \
-			       [io] "r"(pcpu__fast.idx_tpoff), [idx] "r"(idx), \
+			       [io] "r"(io), [idx] "r"(idx),                   \
 			       [ok] "r"(&pcpu__ok[idx]), [v] vcons(v),         \
 			       [q] "r"(q)                                      \
 			     : "memory", "cc", "rax"                           \
@@ -69,5 +69,55 @@ PCPU__X86_OP(add32, uint32_t, "addl %[v], (%[q])", "ir")
 PCPU__X86_OP(add64, uint64_t, "addq %[v], (%[q])", "er")
 PCPU__X86_OP(write32, uint32_t, "movl %[v], (%[q])", "ir")
 PCPU__X86_OP(write64, uint64_t, "movq %[v], (%[q])", "er")
+
+
+/*
+ * *q += v only if the result r stays in (-lim, lim), i.e. when
+ * (uint64_t)(r + lim - 1) < 2 * lim - 1.  Returns 0 after the commit,
+ * 1 after an abort, 2 when the result would leave the range (nothing
+ * written).  Counters fold their per-CPU delta on 2.
+ */
+static inline int pcpu__arch_add_bounded64(int64_t *q, int64_t v, int idx,
+					   long io, int64_t lim)
+{
+	uint64_t bias = (uint64_t)lim - 1, span = 2 * (uint64_t)lim - 1;
+	__asm__ goto(PCPU__X86_CS("movq (%[q]), %%rax\n\t"
+				  "addq %[v], %%rax\n\t"
+				  "movq %%rax, %%rdx\n\t"
+				  "addq %[bias], %%rdx\n\t"
+				  "cmpq %[span], %%rdx\n\t"
+				  "jae %l[out]\n\t"
+				  "movq %%rax, (%[q])")
+		     :
+		     : [cs] "r"(pcpu__fast.cs_tpoff), [io] "r"(io),
+		       [idx] "r"(idx), [ok] "r"(&pcpu__ok[idx]), [v] "r"(v),
+		       [q] "r"(q), [bias] "r"(bias), [span] "r"(span)
+		     : "memory", "cc", "rax", "rdx"
+		     : abort, out);
+	return 0;
+abort:
+	return 1;
+out:
+	return 2;
+}
+
+/* *out = *q; *q = 0, as one commit.  Returns 0 after the commit, 1 after
+ * an abort. */
+static inline int pcpu__arch_xchg0_64(int64_t *q, int64_t *out, int idx,
+				      long io)
+{
+	__asm__ goto(PCPU__X86_CS("movq (%[q]), %%rax\n\t"
+				  "movq %%rax, (%[out])\n\t"
+				  "movq $0, (%[q])")
+		     :
+		     : [cs] "r"(pcpu__fast.cs_tpoff), [io] "r"(io),
+		       [idx] "r"(idx), [ok] "r"(&pcpu__ok[idx]), [q] "r"(q),
+		       [out] "r"(out)
+		     : "memory", "cc", "rax"
+		     : abort);
+	return 0;
+abort:
+	return 1;
+}
 
 #endif
