@@ -193,7 +193,7 @@ void _pcpu_init_slow(void)
 	if (fault && *fault && _pcpu_os_fault_env(fault))
 		_pcpu_notice("PCPU_FAULT='%s' is malformed; ignored", fault);
 
-	pcpu__fast.stride = _pcpu_g.unit_size;
+	pcpu__fast.shift = (unsigned int)__builtin_ctzl(_pcpu_g.unit_size);
 	pcpu__fast.nr_ids = (unsigned int)_pcpu_g.nr_ids;
 	if (_pcpu_g.path == PCPU_PATH_RSEQ) {
 		pcpu__fast.idx_tpoff =

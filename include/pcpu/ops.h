@@ -36,7 +36,8 @@ struct pcpu__fast {
 	unsigned int nr;      /* indexes below this may try the fast path;
 				 0 = never (not initialised, no rseq) */
 	unsigned int nr_ids;  /* CPU ids (pcpu_nr_cpu_ids) */
-	size_t stride;        /* distance between two CPUs' copies */
+	unsigned int shift;   /* log2 of the distance between two CPUs'
+				 copies (the unit size) */
 	long cid_tpoff;       /* thread-pointer offset of rseq mm_cid */
 	unsigned int cid_nr;  /* like nr, for fast paths indexed by mm_cid
 				 whatever the index mode (counters); 0 when
@@ -73,13 +74,18 @@ void pcpu__bad_cpu(const char *call, const void *p, int cpu)
 #include "pcpu/arch/generic.h"
 #endif
 
-/* The index the fast path would use, or -1 when it must not be tried. */
+/*
+ * The index the fast path would use, or -1 when it must not be tried.
+ * pcpu__ok[] is 0 for every index that may not use the fast path, and for
+ * all of them before initialisation, in the atomic path and after a
+ * switch to it; the index is masked into the array (an unregistered
+ * thread's cpu_id is negative), so one load and test decide.
+ */
 static inline int pcpu__fast_index(void)
 {
 	unsigned int idx =
-		(unsigned int)pcpu__arch_load_index(pcpu__fast.idx_tpoff);
-	if (pcpu__unlikely(idx >= pcpu__fast.nr))
-		return -1;
+		(unsigned int)pcpu__arch_load_index(pcpu__fast.idx_tpoff) &
+		(8192 - 1);
 	if (pcpu__unlikely(!__atomic_load_n(&pcpu__ok[idx], __ATOMIC_ACQUIRE)))
 		return -1;
 	return (int)idx;
@@ -87,7 +93,7 @@ static inline int pcpu__fast_index(void)
 
 static inline void *pcpu__copy(const void *p, int idx)
 {
-	return (char *)p + (size_t)idx * pcpu__fast.stride;
+	return (char *)p + ((size_t)idx << pcpu__fast.shift);
 }
 
 #define PCPU__DEFINE_WIDTH(W)                                                  \
