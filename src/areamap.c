@@ -230,6 +230,7 @@ static void md_set_full(struct pcpu_block_md *md, uint32_t bb)
 	md->right_free = 0;
 	md->first_free = bb;
 	md->nr_free = 0;
+	md->other_hint = 0;
 }
 
 static void md_set_empty(struct pcpu_block_md *md, uint32_t bb)
@@ -240,6 +241,7 @@ static void md_set_empty(struct pcpu_block_md *md, uint32_t bb)
 	md->right_free = bb;
 	md->first_free = 0;
 	md->nr_free = bb;
+	md->other_hint = 0;
 }
 
 /*
@@ -289,7 +291,9 @@ static inline void areamap_block_sync(struct pcpu_areamap *m, uint32_t b)
 /*
  * areamap_block_rescan_contig - recompute block @b's contig_hint after an
  * allocation broke its largest run, whose length was @old.  No run can now
- * be longer than @old, so the scan stops at the first run of that length.
+ * be longer than @old, so the scan stops at the first run of that length
+ * (other_hint is then @old, still an upper bound); a full scan makes
+ * other_hint the exact second largest run.
  * Cost: the block's bitmap words from first_free on, plus a step per run.
  */
 static void areamap_block_rescan_contig(struct pcpu_areamap *m, uint32_t b,
@@ -298,21 +302,28 @@ static void areamap_block_rescan_contig(struct pcpu_areamap *m, uint32_t b,
 	const uint32_t bb = m->block_bits, bs = b * bb, be = bs + bb;
 	struct pcpu_block_md *md = &m->md[b];
 	uint32_t pos = bs + md->first_free, best = 0, best_start = 0;
+	uint32_t second = 0;
 
 	while (pos < be) {
 		uint32_t rs = pos;
 		uint32_t re = bits_next_set(m->alloc_map, rs, be);
 
 		if (re - rs > best) {
+			second = best;
 			best = re - rs;
 			best_start = rs - bs;
-			if (best >= old)
+			if (best >= old) {
+				second = old;
 				break;
+			}
+		} else if (re - rs > second) {
+			second = re - rs;
 		}
 		pos = bits_next_zero(m->alloc_map, re, be);
 	}
 	md->contig_hint = best;
 	md->contig_hint_start = best_start;
+	md->other_hint = second;
 }
 
 /*
@@ -347,15 +358,19 @@ static void areamap_block_alloc(struct pcpu_areamap *m, uint32_t b,
 						bs + bb) - bs;
 	}
 	if (s < che && chs < e) {
-		if (old_nr_free == che - chs) {
-			/* It was the block's only free run: what is left of
-			 * it, [chs, s) and [e, che), is all there is. */
-			if (s - chs >= che - e) {
-				md->contig_hint = s - chs;
-			} else {
-				md->contig_hint = che - e;
+		/* What is left of the broken run: [chs, s) and [e, che). */
+		uint32_t lo = s - chs, hi = che - e;
+		uint32_t big = lo >= hi ? lo : hi, small = lo >= hi ? hi : lo;
+
+		if (old_nr_free == che - chs)
+			md->other_hint = 0; /* it was the only free run */
+		if (big >= md->other_hint) {
+			/* No other run can be longer: the hint stays exact. */
+			md->contig_hint = big;
+			if (lo < hi)
 				md->contig_hint_start = e;
-			}
+			if (small > md->other_hint)
+				md->other_hint = small;
 		} else {
 			areamap_block_rescan_contig(m, b, che - chs);
 		}
@@ -384,8 +399,14 @@ static void areamap_block_free(struct pcpu_areamap *m, uint32_t b,
 	if (re == bb)
 		md->right_free = bb - rs;
 	if (re - rs > md->contig_hint) {
+		/* The old largest run is now another run, unless the merge
+		 * swallowed it: other_hint stays an upper bound either way. */
+		if (md->contig_hint > md->other_hint)
+			md->other_hint = md->contig_hint;
 		md->contig_hint = re - rs;
 		md->contig_hint_start = rs;
+	} else if (re - rs > md->other_hint) {
+		md->other_hint = re - rs;
 	}
 	areamap_block_sync(m, b);
 }
@@ -470,15 +491,14 @@ static inline bool areamap_fits(uint32_t rs, uint32_t re, uint32_t bits,
  * largest free run.
  */
 static long areamap_find_fit(struct pcpu_areamap *m, uint32_t bits,
-			     uint64_t amask)
+			     uint64_t amask, uint32_t start)
 {
 	const uint32_t bb = m->block_bits, nr_blocks = m->nr_blocks;
 	const uint64_t *alloc = m->alloc_map;
 	uint32_t max_run = 0, run_start = 0, off;
 	bool open = false; /* a free run reaches this block from the left */
 
-	for (uint32_t b = areamap_block_of(m, m->first_free); b < nr_blocks;
-	     b++) {
+	for (uint32_t b = areamap_block_of(m, start); b < nr_blocks; b++) {
 		const struct pcpu_block_md *md = &m->md[b];
 		uint32_t bs = b * bb, be = bs + bb, nb;
 
@@ -490,7 +510,8 @@ static long areamap_find_fit(struct pcpu_areamap *m, uint32_t bits,
 				open = true;
 				run_start = bs;
 			}
-			if (areamap_fits(run_start, nb * bb, bits, amask, &off))
+			if (areamap_fits(u32_max(run_start, start), nb * bb,
+					 bits, amask, &off))
 				return off;
 			b = nb - 1;
 			continue;
@@ -511,7 +532,9 @@ static long areamap_find_fit(struct pcpu_areamap *m, uint32_t bits,
 			uint32_t rs = open ? run_start : bs;
 			uint32_t re = bs + md->left_free;
 
-			if (areamap_fits(rs, re, bits, amask, &off))
+			if (re > start &&
+			    areamap_fits(u32_max(rs, start), re, bits, amask,
+					 &off))
 				return off;
 			max_run = u32_max(max_run, re - rs);
 			open = false;
@@ -522,6 +545,7 @@ static long areamap_find_fit(struct pcpu_areamap *m, uint32_t bits,
 		if (md->contig_hint >= bits) {
 			uint32_t pos = bs + u32_max(md->left_free,
 						    md->first_free);
+			pos = u32_max(pos, start);
 			uint32_t end = be - md->right_free;
 
 			while (pos < end) {
@@ -541,7 +565,8 @@ static long areamap_find_fit(struct pcpu_areamap *m, uint32_t bits,
 		if (md->right_free) {
 			open = true;
 			run_start = be - md->right_free;
-			if (areamap_fits(run_start, be, bits, amask, &off))
+			if (areamap_fits(u32_max(run_start, start), be, bits,
+					 amask, &off))
 				return off;
 		}
 	}
@@ -592,11 +617,31 @@ long _pcpu_areamap_alloc(struct pcpu_areamap *m, uint32_t bits,
 	if (bits > m->contig_hint)
 		return -1;
 
-	ret = areamap_find_fit(m, bits, (uint64_t)align_bits - 1);
-	if (ret < 0)
+	/* Skip what the fit cache proves cannot fit (see internal.h). */
+	uint32_t start = m->first_free;
+	bool cached = m->fit_bits && bits >= m->fit_bits &&
+		      align_bits >= m->fit_align && m->fit_pos > start;
+	if (cached)
+		start = m->fit_pos;
+	ret = areamap_find_fit(m, bits, (uint64_t)align_bits - 1, start);
+	if (ret < 0 && cached) {
+		/* A partial scan cannot make contig_hint exact: rescan the
+		 * prefix (only on failure, which callers then remember). */
+		ret = areamap_find_fit(m, bits, (uint64_t)align_bits - 1,
+				       m->first_free);
+		PCPU_ASSERT(ret < 0);
+	}
+	if (ret < 0) {
+		m->fit_bits = bits;
+		m->fit_align = align_bits;
+		m->fit_pos = m->nr_bits;
 		return -1;
+	}
 	off = (uint32_t)ret;
 	end = off + bits;
+	m->fit_bits = bits;
+	m->fit_align = align_bits;
+	m->fit_pos = end;
 
 	bits_assign_range(m->alloc_map, off, end, true);
 	bit_set(m->bound_map, off);
@@ -708,6 +753,8 @@ uint32_t _pcpu_areamap_free(struct pcpu_areamap *m, uint32_t off)
 	m->free_bits += bits;
 	if (off < m->first_free)
 		m->first_free = off;
+	if (ms < m->fit_pos)
+		m->fit_pos = ms;
 	if (me - ms > m->contig_hint)
 		m->contig_hint = me - ms;
 	return bits;
@@ -804,6 +851,20 @@ static int areamap_validate_block(const struct pcpu_areamap *m, uint32_t b)
 					       "%u is not a run of %u", b,
 					    md->contig_hint_start, best);
 	}
+	/* other_hint bounds every run but the one at contig_hint_start */
+	run = 0;
+	for (uint32_t i = 0; i <= bb; i++) {
+		if (i < bb && !bit_test(m->alloc_map, bs + i)) {
+			run++;
+			continue;
+		}
+		if (run && i - run != md->contig_hint_start &&
+		    run > md->other_hint)
+			AREAMAP_BAD(m, "block %u: run of %u at %u above "
+				       "other_hint %u", b, run, i - run,
+				    md->other_hint);
+		run = 0;
+	}
 	if (bit_test(areamap_empty_map(m), b) != (nr_free == bb) ||
 	    bit_test(areamap_avail_map(m), b) != (nr_free != 0))
 		AREAMAP_BAD(m, "block %u: summary bits out of date", b);
@@ -885,6 +946,26 @@ int _pcpu_areamap_validate(const struct pcpu_areamap *m)
 			q = next;
 		}
 		pos = bits_next_set(m->alloc_map, r, n);
+	}
+
+	/* The fit cache: no (fit_bits, fit_align) fit starts below fit_pos. */
+	if (m->fit_bits) {
+		uint64_t amask = (uint64_t)m->fit_align - 1;
+		uint32_t lim = u32_min(m->fit_pos, n);
+
+		pos = bits_next_zero(m->alloc_map, 0, lim);
+		while (pos < lim) {
+			uint32_t r = bits_next_set(m->alloc_map, pos, n);
+			uint32_t a;
+
+			if (areamap_fits(pos, r, m->fit_bits, amask, &a) &&
+			    a < lim)
+				AREAMAP_BAD(m, "fit cache: %u words at %u fit at "
+					       "%u below fit_pos %u",
+					    m->fit_bits, m->fit_align, a,
+					    m->fit_pos);
+			pos = bits_next_zero(m->alloc_map, r, lim);
+		}
 	}
 	return 0;
 }

@@ -193,8 +193,13 @@ static void *alloc_from_slots(uint32_t bits, uint32_t align_bits)
 		struct pcpu_chunk *c = slots[s], *next;
 		for (; c; c = next) {
 			next = c->next;
+			if (c->nofit_bits && bits >= c->nofit_bits &&
+			    align_bits >= c->nofit_align)
+				continue;
 			long off = _pcpu_areamap_alloc(&c->map, bits, align_bits);
 			if (off < 0) {
+				c->nofit_bits = bits;
+				c->nofit_align = align_bits;
 				slot_update(c); /* the hint is exact now */
 				continue;
 			}
@@ -356,6 +361,7 @@ void pcpu_free(void *p)
 	uint32_t bits = _pcpu_areamap_size(&c->map, off);
 	area_zero(c, off, bits);
 	_pcpu_areamap_free(&c->map, off);
+	c->nofit_bits = 0;
 	slot_update(c);
 	c->nr_alloc--;
 	_pcpu_counters.nr_dealloc++;

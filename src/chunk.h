@@ -20,6 +20,11 @@ struct pcpu_chunk {
 	struct pcpu_chunk *next, *prev; /* slot list */
 	int slot;
 	uint32_t nr_alloc;       /* live areas */
+	/* The last request shape that found no fit here: a request at least
+	 * as large and at least as aligned cannot fit either until the next
+	 * free in this chunk (holes too small or misaligned, e.g. 4-byte
+	 * areas at 8-byte alignment leave 4-byte holes). 0: none. */
+	uint32_t nofit_bits, nofit_align;
 	uint64_t *page_touched;  /* pages of the unit layout that held an
 				    area: they may be backed on used CPUs */
 };

@@ -106,8 +106,10 @@ static unsigned int rseq_feature_size(void)
 	return size;
 }
 
+/* Lock order: init_lock, cpu_lock, then the allocator's locks. */
 static void atfork_prepare(void)
 {
+	pthread_mutex_lock(&init_lock);
 	pthread_mutex_lock(&cpu_lock);
 	_pcpu_chunk_atfork_prepare();
 }
@@ -116,12 +118,14 @@ static void atfork_parent(void)
 {
 	_pcpu_chunk_atfork_parent();
 	pthread_mutex_unlock(&cpu_lock);
+	pthread_mutex_unlock(&init_lock);
 }
 
 static void atfork_child(void)
 {
 	_pcpu_chunk_atfork_child();
 	pthread_mutex_unlock(&cpu_lock);
+	pthread_mutex_unlock(&init_lock);
 	_pcpu_os_atfork_child();
 }
 

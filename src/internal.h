@@ -154,6 +154,10 @@ struct pcpu_block_md {
 	uint32_t right_free;        /* free run touching the block's end */
 	uint32_t first_free;        /* first free bit, block-relative */
 	uint32_t nr_free;           /* free bits in the block */
+	uint32_t other_hint;        /* upper bound on every free run of the
+				       block other than the contig_hint one */
+	uint32_t pad;               /* 8-byte multiple: the summary bitmaps
+				       follow the md array (areamap.c) */
 };
 
 struct pcpu_areamap {
@@ -164,6 +168,12 @@ struct pcpu_areamap {
 	uint32_t contig_hint;   /* upper bound on the largest free run; exact
 				   after any failed allocation scan */
 	uint32_t first_free;    /* no free bit below this */
+	/* Fit cache: no request of at least fit_bits words at an alignment
+	 * of at least fit_align can start below fit_pos (0 = no cache).
+	 * Set by each allocation's first fit, lowered by frees; it keeps
+	 * repeated requests that skip many unusable holes (4-byte areas at
+	 * 8-byte alignment) from rescanning them. */
+	uint32_t fit_pos, fit_bits, fit_align;
 	uint64_t *alloc_map;    /* nr_bits bits: 1 = allocated */
 	uint64_t *bound_map;    /* nr_bits + 1 bits: 1 at the start of every
 				   allocation and one past its end */

@@ -99,6 +99,10 @@ void *_pcpu_os_reserve(size_t len)
 		errno = ENOMEM;
 		return NULL;
 	}
+	/* A transparent huge page would back neighbouring CPUs' units too. */
+	int saved = errno;
+	madvise(p, len, MADV_NOHUGEPAGE);
+	errno = saved;
 	return p;
 }
 
