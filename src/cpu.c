@@ -335,6 +335,12 @@ static bool is_used(int idx)
 		(idx % 64)) & 1;
 }
 
+void _pcpu_index_make_used(int idx)
+{
+	if (idx >= 0 && idx <= _pcpu_g.nr_ids && !is_used(idx))
+		make_used(idx);
+}
+
 /* The calling thread's raw index (may be out of range). */
 static int raw_index(void)
 {

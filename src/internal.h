@@ -281,6 +281,9 @@ static inline void _pcpu_ensure_init(void)
 					   __ATOMIC_ACQUIRE)))
 		_pcpu_init_slow();
 }
+/* Marks @idx (0..nr_ids) used, so its copies may be written; in the rseq
+ * path that also lets the fast path commit on it. */
+void _pcpu_index_make_used(int idx);
 /* Snapshot of the used indexes (acquire loads), shared slot as bit
  * nr_ids. */
 void _pcpu_used_snapshot(struct pcpu_cpuset *out);

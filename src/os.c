@@ -212,6 +212,7 @@ out:
 
 void _pcpu_os_atfork_child(void)
 {
-	/* The kernel resets membarrier registration for a new mm. */
+	/* Register again in the child: harmless where the kernel kept the
+	 * parent's registration, needed where it did not. */
 	membarrier_state = 0;
 }

@@ -118,4 +118,32 @@ abort:
 	return 1;
 }
 
+/*
+ * See x86_64.h: *q += v only while *flag != 0; 0 commit, 1 abort, 2 flag
+ * clear.  The flag is loaded with acquire (ldarb) so that the count is
+ * read after it: a switch to per-CPU mode zeroes the counts, then sets
+ * the flag with a release store.
+ */
+static inline int pcpu__arch_add_if64(uint64_t *q, uint64_t v, int idx,
+				      long io, const unsigned char *flag)
+{
+	char *tp = pcpu__arch_tp();
+	__asm__ goto(PCPU__A64_CS("ldarb w10, [%[flag]]\n\t"
+				  "cbz w10, %l[off]\n\t"
+				  "ldr x10, [%[q]]\n\t"
+				  "add x10, x10, %x[v]\n\t"
+				  "str x10, [%[q]]\n\t")
+		     :
+		     : [cs] "r"(tp + pcpu__fast.cs_tpoff), [io] "r"(tp + io),
+		       [idx] "r"(idx), [ok] "r"(&pcpu__ok[idx]), [v] "r"(v),
+		       [q] "r"(q), [flag] "r"(flag)
+		     : "memory", "cc", "x9", "x10"
+		     : abort, off);
+	return 0;
+abort:
+	return 1;
+off:
+	return 2;
+}
+
 #endif

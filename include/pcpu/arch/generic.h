@@ -39,4 +39,12 @@ static inline int pcpu__arch_xchg0_64(int64_t *q, int64_t *out, int idx,
 	return 1;
 }
 
+/* No sections: "abort", so callers take their slow path. */
+static inline int pcpu__arch_add_if64(uint64_t *q, uint64_t v, int idx,
+				      long io, const unsigned char *flag)
+{
+	(void)q, (void)v, (void)idx, (void)io, (void)flag;
+	return 1;
+}
+
 #endif

@@ -120,4 +120,28 @@ abort:
 	return 1;
 }
 
+/*
+ * *q += v only while *flag != 0, the flag read inside the section (a
+ * per-CPU reference's mode byte, ref.h).  Returns 0 after the commit,
+ * 1 after an abort, 2 when *flag == 0 (nothing written).
+ */
+static inline int pcpu__arch_add_if64(uint64_t *q, uint64_t v, int idx,
+				      long io, const unsigned char *flag)
+{
+	__asm__ goto(PCPU__X86_CS("cmpb $0, (%[flag])\n\t"
+				  "jz %l[off]\n\t"
+				  "addq %[v], (%[q])")
+		     :
+		     : [cs] "r"(pcpu__fast.cs_tpoff), [io] "r"(io),
+		       [idx] "r"(idx), [ok] "r"(&pcpu__ok[idx]), [v] "er"(v),
+		       [q] "r"(q), [flag] "r"(flag)
+		     : "memory", "cc", "rax"
+		     : abort, off);
+	return 0;
+abort:
+	return 1;
+off:
+	return 2;
+}
+
 #endif
