@@ -878,6 +878,38 @@ static int areamap_validate_block(const struct pcpu_areamap *m, uint32_t b)
  * the bound marks of every allocation.  Cost: O(nr_bits) bit by bit.
  * Returns: 0, or -1 after printing the first violation to stderr.
  */
+/*
+ * _pcpu_areamap_validate_blocks - the checks an operation on blocks
+ * [b0, b1] can break, in O(blocks + words of those blocks): those blocks'
+ * hints and summary bits, free_bits, first_free, and contig_hint against
+ * the largest run the block hints give.  The debug allocator runs it after
+ * every operation; _pcpu_areamap_validate checks everything.
+ */
+int _pcpu_areamap_validate_blocks(const struct pcpu_areamap *m, uint32_t b0,
+				  uint32_t b1)
+{
+	const uint32_t bb = m->block_bits;
+	uint32_t free_bits = 0;
+
+	for (uint32_t b = b0; b <= b1 && b < m->nr_blocks; b++)
+		if (areamap_validate_block(m, b))
+			return -1;
+	for (uint32_t b = 0; b < m->nr_blocks; b++) {
+		free_bits += m->md[b].nr_free;
+		if (b * bb + bb <= m->first_free && m->md[b].nr_free)
+			AREAMAP_BAD(m, "block %u below first_free %u has free "
+				       "words", b, m->first_free);
+	}
+	if (m->free_bits != free_bits)
+		AREAMAP_BAD(m, "free_bits %u, counted %u", m->free_bits,
+			    free_bits);
+	uint32_t best = _pcpu_areamap_max_contig(m);
+	if (m->contig_hint < best || m->contig_hint > m->free_bits)
+		AREAMAP_BAD(m, "contig_hint %u: largest run %u, free %u",
+			    m->contig_hint, best, m->free_bits);
+	return 0;
+}
+
 int _pcpu_areamap_validate(const struct pcpu_areamap *m)
 {
 	const uint32_t n = m->nr_bits, bb = m->block_bits;

@@ -26,8 +26,14 @@
  *   - chunks[] is sorted by base and holds every chunk once;
  *   - nr_alloc of a chunk equals its live allocation starts.
  *
- * Locking: alloc_lock guards chunks[], the slots, the maps and the
- * counters.  Reserving a new chunk calls the OS without the lock.
+ * Reclaim (reclaim.c) moves chunks between three states: active (in the
+ * slot its contig hint says), isolated (being depopulated: in no list, so
+ * no allocation lands in it) and sidelined (depopulated but still holding
+ * areas: tried after the active slots below the fully-free one and before
+ * fully free chunks, so new areas pack into fewer chunks).
+ *
+ * Locking: alloc_lock guards chunks[], the lists, the maps and the
+ * counters.  Reserving and releasing a chunk call the OS without it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -43,7 +49,9 @@ size_t _pcpu_nr_chunks;
 struct pcpu_alloc_counters _pcpu_counters;
 
 static size_t chunks_cap;
-static struct pcpu_chunk *slots[PCPU_NR_SLOTS];
+/* slots[0..PCPU_NR_SLOTS) by contig hint, then the sidelined list. */
+static struct pcpu_chunk_list lists[PCPU_NR_SLOTS + 1];
+#define SIDELINED_LIST PCPU_NR_SLOTS
 
 static int fls32(uint32_t x)
 {
@@ -55,37 +63,92 @@ int _pcpu_chunk_slot(const struct pcpu_chunk *c)
 	return fls32(c->map.contig_hint);
 }
 
-static void slot_unlink(struct pcpu_chunk *c)
+/* The slot of fully free chunks (contig hint = the whole unit). */
+static int free_slot(void)
 {
+	return fls32((uint32_t)(_pcpu_g.unit_size / 4));
+}
+
+static void list_unlink(struct pcpu_chunk *c)
+{
+	struct pcpu_chunk_list *l = &lists[c->list];
 	if (c->prev)
 		c->prev->next = c->next;
 	else
-		slots[c->slot] = c->next;
+		l->head = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
+	else
+		l->tail = c->prev;
 	c->next = c->prev = NULL;
+	c->list = -1;
 }
 
-/* Appends @c to the tail of the slot its contig hint says. */
-static void slot_insert(struct pcpu_chunk *c)
+static void list_append(struct pcpu_chunk *c, int list)
 {
-	struct pcpu_chunk **pp = &slots[_pcpu_chunk_slot(c)], *last = NULL;
-	c->slot = _pcpu_chunk_slot(c);
-	while (*pp) {
-		last = *pp;
-		pp = &(*pp)->next;
-	}
-	*pp = c;
-	c->prev = last;
+	struct pcpu_chunk_list *l = &lists[list];
+	c->list = list;
+	c->prev = l->tail;
 	c->next = NULL;
+	if (l->tail)
+		l->tail->next = c;
+	else
+		l->head = c;
+	l->tail = c;
 }
 
+/* Puts an active chunk in the slot its contig hint says (at the tail). */
 static void slot_update(struct pcpu_chunk *c)
 {
-	if (c->slot != _pcpu_chunk_slot(c)) {
-		slot_unlink(c);
-		slot_insert(c);
+	if (c->state != PCPU_CHUNK_ACTIVE)
+		return;
+	int slot = _pcpu_chunk_slot(c);
+	if (c->list != slot) {
+		if (c->list >= 0)
+			list_unlink(c);
+		list_append(c, slot);
 	}
+}
+
+void _pcpu_chunk_isolate(struct pcpu_chunk *c)
+{
+	if (c->state == PCPU_CHUNK_ISOLATED)
+		return;
+	if (c->list >= 0)
+		list_unlink(c);
+	c->state = PCPU_CHUNK_ISOLATED;
+	_pcpu_counters.chunks_isolated++;
+}
+
+void _pcpu_chunk_reintegrate(struct pcpu_chunk *c)
+{
+	if (c->list >= 0)
+		list_unlink(c);
+	if (c->nr_alloc) {
+		if (c->state != PCPU_CHUNK_SIDELINED)
+			_pcpu_counters.chunks_sidelined++;
+		c->state = PCPU_CHUNK_SIDELINED;
+		list_append(c, SIDELINED_LIST);
+	} else {
+		c->state = PCPU_CHUNK_ACTIVE;
+		slot_update(c);
+	}
+}
+
+/* A sidelined chunk that takes an allocation is active again. */
+static void chunk_activate(struct pcpu_chunk *c)
+{
+	if (c->state == PCPU_CHUNK_SIDELINED) {
+		list_unlink(c);
+		c->state = PCPU_CHUNK_ACTIVE;
+		_pcpu_counters.chunks_reintegrated++;
+	}
+	slot_update(c);
+}
+
+struct pcpu_chunk *_pcpu_chunk_first(int list)
+{
+	return lists[list].head;
 }
 
 struct pcpu_chunk *_pcpu_chunk_lookup(const void *p)
@@ -105,22 +168,24 @@ struct pcpu_chunk *_pcpu_chunk_lookup(const void *p)
 }
 
 /*
- * chunk_create - reserve and set up a new chunk.
+ * _pcpu_chunk_create - reserve and set up a new chunk.
  * Context: alloc_lock not held (calls the OS).
  * Returns: the chunk, or NULL with errno ENOMEM and nothing leaked.
  */
-static struct pcpu_chunk *chunk_create(void)
+struct pcpu_chunk *_pcpu_chunk_create(void)
 {
 	size_t unit = _pcpu_g.unit_size, page = _pcpu_g.page_size;
 	size_t len = (size_t)(_pcpu_g.nr_ids + 1) * unit;
-	size_t pages = unit / page;
+	size_t pages = unit / page, words = (pages + 63) / 64;
 	struct pcpu_chunk *c = calloc(1, sizeof(*c));
 
 	if (!c)
 		goto fail;
-	c->page_touched = calloc((pages + 63) / 64, sizeof(uint64_t));
+	c->list = -1;
+	c->page_touched = calloc(2 * words, sizeof(uint64_t));
 	if (!c->page_touched)
 		goto fail;
+	c->page_used = c->page_touched + words;
 	if (_pcpu_areamap_init(&c->map, (uint32_t)(unit / 4),
 			       (uint32_t)(page / 4)))
 		goto fail;
@@ -140,10 +205,10 @@ fail:
 }
 
 /*
- * chunk_install - add a new chunk to chunks[] and its slot.
+ * _pcpu_chunk_install - add a new chunk to chunks[] and its slot.
  * Context: alloc_lock held.  Returns 0 or -ENOMEM (chunk not added).
  */
-static int chunk_install(struct pcpu_chunk *c)
+int _pcpu_chunk_install(struct pcpu_chunk *c)
 {
 	if (_pcpu_nr_chunks == chunks_cap) {
 		size_t cap = chunks_cap ? chunks_cap * 2 : 16;
@@ -161,54 +226,149 @@ static int chunk_install(struct pcpu_chunk *c)
 	}
 	_pcpu_chunks[i] = c;
 	_pcpu_nr_chunks++;
-	slot_insert(c);
+	c->state = PCPU_CHUNK_ACTIVE;
+	slot_update(c);
 	_pcpu_counters.nr_chunks++;
 	if (_pcpu_counters.nr_chunks > _pcpu_counters.nr_max_chunks)
 		_pcpu_counters.nr_max_chunks = _pcpu_counters.nr_chunks;
+	_pcpu_counters.pop_pages += c->nr_pop_pages;
+	_pcpu_counters.empty_pop_pages += c->nr_empty_pop_pages;
 	return 0;
 }
 
-static void chunk_discard_new(struct pcpu_chunk *c)
+/*
+ * _pcpu_chunk_uninstall - take a fully free chunk out of chunks[] and its
+ * list, so that it can be released.  Context: alloc_lock held.
+ */
+void _pcpu_chunk_uninstall(struct pcpu_chunk *c)
 {
-	_pcpu_os_release(c->base, c->len);
+	size_t i = 0;
+	while (i < _pcpu_nr_chunks && _pcpu_chunks[i] != c)
+		i++;
+	PCPU_ASSERT(i < _pcpu_nr_chunks && c->nr_alloc == 0);
+	memmove(&_pcpu_chunks[i], &_pcpu_chunks[i + 1],
+		(_pcpu_nr_chunks - i - 1) * sizeof(*_pcpu_chunks));
+	_pcpu_nr_chunks--;
+	if (c->list >= 0)
+		list_unlink(c);
+	c->state = PCPU_CHUNK_ISOLATED;
+	_pcpu_counters.nr_chunks--;
+	_pcpu_counters.pop_pages -= c->nr_pop_pages;
+	_pcpu_counters.empty_pop_pages -= c->nr_empty_pop_pages;
+	if (c->to_depopulate) {
+		c->to_depopulate = false;
+		_pcpu_counters.nr_to_depopulate--;
+	}
+}
+
+/*
+ * _pcpu_chunk_destroy - unmap an uninstalled chunk and free its metadata.
+ * Context: alloc_lock not held.  Returns 0, or -errno with nothing freed
+ * (the caller installs it again).
+ */
+int _pcpu_chunk_destroy(struct pcpu_chunk *c)
+{
+	int ret = _pcpu_os_release(c->base, c->len);
+	if (ret)
+		return ret;
 	_pcpu_areamap_destroy(&c->map);
 	free(c->page_touched);
 	free(c);
+	return 0;
 }
 
-/* Marks the pages [off, off + bits) of the unit layout as touched. */
-static void mark_touched(struct pcpu_chunk *c, uint32_t off, uint32_t bits)
+/*
+ * _pcpu_chunk_pages_sync - bring the page bookkeeping of pages [pg0, pg1]
+ * in line with the map: page_used mirrors "holds an area", a page that
+ * holds one is touched (it may be backed on used indexes), and the
+ * populated/empty counts follow.  Context: alloc_lock held.
+ */
+void _pcpu_chunk_pages_sync(struct pcpu_chunk *c, uint32_t pg0, uint32_t pg1)
 {
-	uint32_t words_per_page = (uint32_t)(_pcpu_g.page_size / 4);
-	for (uint32_t pg = off / words_per_page;
-	     pg <= (off + bits - 1) / words_per_page; pg++)
-		c->page_touched[pg / 64] |= (uint64_t)1 << (pg % 64);
-}
+	for (uint32_t pg = pg0; pg <= pg1; pg++) {
+		uint64_t bit = (uint64_t)1 << (pg % 64);
+		bool used = !_pcpu_areamap_block_empty(&c->map, pg);
+		bool was_used = c->page_used[pg / 64] & bit;
+		bool touched = c->page_touched[pg / 64] & bit;
 
-/* First fit over the slots from the smallest that can hold @bits.
- * Context: alloc_lock held.  Returns the address or NULL. */
-static void *alloc_from_slots(uint32_t bits, uint32_t align_bits)
-{
-	for (int s = fls32(bits); s < PCPU_NR_SLOTS; s++) {
-		struct pcpu_chunk *c = slots[s], *next;
-		for (; c; c = next) {
-			next = c->next;
-			if (c->nofit_bits && bits >= c->nofit_bits &&
-			    align_bits >= c->nofit_align)
-				continue;
-			long off = _pcpu_areamap_alloc(&c->map, bits, align_bits);
-			if (off < 0) {
-				c->nofit_bits = bits;
-				c->nofit_align = align_bits;
-				slot_update(c); /* the hint is exact now */
-				continue;
+		if (used == was_used)
+			continue;
+		if (used) {
+			c->page_used[pg / 64] |= bit;
+			if (touched) {
+				c->nr_empty_pop_pages--;
+				_pcpu_counters.empty_pop_pages--;
+			} else {
+				c->page_touched[pg / 64] |= bit;
+				c->nr_pop_pages++;
+				_pcpu_counters.pop_pages++;
 			}
-			slot_update(c);
-			mark_touched(c, (uint32_t)off, bits);
-			c->nr_alloc++;
-			return c->base + (size_t)off * 4;
+		} else {
+			c->page_used[pg / 64] &= ~bit;
+			c->nr_empty_pop_pages++; /* it was touched */
+			_pcpu_counters.empty_pop_pages++;
 		}
 	}
+}
+
+static void pages_sync_range(struct pcpu_chunk *c, uint32_t off, uint32_t bits)
+{
+	uint32_t wpp = (uint32_t)(_pcpu_g.page_size / 4);
+	_pcpu_chunk_pages_sync(c, off / wpp, (off + bits - 1) / wpp);
+}
+
+/* Tries one chunk; returns the address or NULL (and remembers no-fits). */
+static void *alloc_in_chunk(struct pcpu_chunk *c, uint32_t bits,
+			    uint32_t align_bits)
+{
+	if (c->nofit_bits && bits >= c->nofit_bits &&
+	    align_bits >= c->nofit_align)
+		return NULL;
+	long off = _pcpu_areamap_alloc(&c->map, bits, align_bits);
+	if (off < 0) {
+		c->nofit_bits = bits;
+		c->nofit_align = align_bits;
+		slot_update(c); /* the hint is exact now */
+		return NULL;
+	}
+	c->nr_alloc++;
+	chunk_activate(c);
+	pages_sync_range(c, (uint32_t)off, bits);
+	return c->base + (size_t)off * 4;
+}
+
+/* Walks one list, trying each chunk (the list may change under it). */
+static void *alloc_from_list(int list, uint32_t bits, uint32_t align_bits)
+{
+	struct pcpu_chunk *c = lists[list].head, *next;
+	for (; c; c = next) {
+		next = c->next;
+		void *p = alloc_in_chunk(c, bits, align_bits);
+		if (p)
+			return p;
+	}
+	return NULL;
+}
+
+/*
+ * alloc_from_slots - first fit: the active slots from the smallest that
+ * can hold @bits, up to (not including) the slot of fully free chunks;
+ * then the sidelined chunks; then the fully free ones.
+ * Context: alloc_lock held.  Returns the address or NULL.
+ */
+static void *alloc_from_slots(uint32_t bits, uint32_t align_bits)
+{
+	int top = free_slot();
+	void *p;
+	for (int s = fls32(bits); s < top; s++)
+		if ((p = alloc_from_list(s, bits, align_bits)))
+			return p;
+	if ((p = alloc_from_list(SIDELINED_LIST, bits, align_bits)))
+		return p;
+	for (int s = top < fls32(bits) ? fls32(bits) : top; s < PCPU_NR_SLOTS;
+	     s++)
+		if ((p = alloc_from_list(s, bits, align_bits)))
+			return p;
 	return NULL;
 }
 
@@ -226,11 +386,30 @@ static void count_alloc(size_t bytes)
 		k->max_alloc_size = bytes;
 }
 
-static void debug_validate(void)
+/*
+ * debug_validate - after an operation on @c: PCPU_DEBUG >= 3 checks every
+ * invariant of the whole allocator (pcpu_validate); PCPU_DEBUG == 2 checks
+ * the chunk the operation touched (its map, list, page bookkeeping) and
+ * the global counters, which keeps the ASan suite fast.
+ */
+static int validate_list_state(const struct pcpu_chunk *c);
+static int check_pages(const struct pcpu_chunk *c);
+static void debug_validate(const struct pcpu_chunk *c, const void *p,
+			   uint32_t bytes)
 {
-#if PCPU_DEBUG >= 2
+#if PCPU_DEBUG >= 3
+	(void)c, (void)p, (void)bytes;
 	if (_pcpu_validate_locked())
 		_pcpu_fatal("allocator invariant broken (see above)");
+#elif PCPU_DEBUG >= 2
+	uint32_t off = (uint32_t)((const char *)p - c->base);
+	uint32_t pg = (uint32_t)_pcpu_g.page_size;
+	if (_pcpu_areamap_validate_blocks(&c->map, off / pg,
+					  (off + bytes - 1) / pg) ||
+	    validate_list_state(c) || check_pages(c))
+		_pcpu_fatal("allocator invariant broken at %p (see above)", p);
+#else
+	(void)c, (void)p, (void)bytes;
 #endif
 }
 
@@ -267,22 +446,56 @@ void *pcpu_alloc(size_t size, size_t align)
 		void *p = alloc_from_slots(bits, align_bits);
 		if (p) {
 			count_alloc((size_t)bits * 4);
-			debug_validate();
+			debug_validate(_pcpu_chunk_lookup(p), p, bits * 4);
 			pthread_mutex_unlock(&_pcpu_alloc_lock);
+			_pcpu_balance_start();
 			return p;
 		}
 		pthread_mutex_unlock(&_pcpu_alloc_lock);
-		struct pcpu_chunk *c = chunk_create();
+		struct pcpu_chunk *c = _pcpu_chunk_create();
 		if (!c)
 			return NULL; /* errno ENOMEM */
 		pthread_mutex_lock(&_pcpu_alloc_lock);
-		if (chunk_install(c)) {
+		if (_pcpu_chunk_install(c)) {
 			pthread_mutex_unlock(&_pcpu_alloc_lock);
-			chunk_discard_new(c);
+			_pcpu_chunk_destroy(c);
 			errno = ENOMEM;
 			return NULL;
 		}
 	}
+}
+
+void *pcpu_alloc_nonblock(size_t size, size_t align)
+{
+	if (!__atomic_load_n(&_pcpu_g.initialised, __ATOMIC_ACQUIRE)) {
+		errno = EAGAIN; /* initialising may block */
+		return NULL;
+	}
+	uint32_t bits = alloc_args(size, &align);
+	if (!bits)
+		return NULL;
+	uint32_t align_bits = align < 4 ? 1 : (uint32_t)(align / 4);
+
+	if (pthread_mutex_trylock(&_pcpu_alloc_lock)) {
+		__atomic_add_fetch(&_pcpu_counters.nonblock_fails, 1,
+				   __ATOMIC_RELAXED);
+		errno = EAGAIN;
+		return NULL;
+	}
+	void *p = alloc_from_slots(bits, align_bits);
+	if (p) {
+		count_alloc((size_t)bits * 4);
+		debug_validate(_pcpu_chunk_lookup(p), p, bits * 4);
+	} else {
+		__atomic_add_fetch(&_pcpu_counters.nonblock_fails, 1,
+				   __ATOMIC_RELAXED);
+	}
+	pthread_mutex_unlock(&_pcpu_alloc_lock);
+	if (!p) {
+		_pcpu_balance_kick(true); /* reserve a chunk for next time */
+		errno = EAGAIN;
+	}
+	return p;
 }
 
 static bool test_bit(const uint64_t *map, uint32_t bit)
@@ -359,16 +572,23 @@ void pcpu_free(void *p)
 		return;
 	}
 	uint32_t bits = _pcpu_areamap_size(&c->map, off);
+	_pcpu_hotplug_area_freed(p);
 	area_zero(c, off, bits);
 	_pcpu_areamap_free(&c->map, off);
 	c->nofit_bits = 0;
-	slot_update(c);
 	c->nr_alloc--;
+	if (c->state == PCPU_CHUNK_SIDELINED && !c->nr_alloc)
+		_pcpu_chunk_reintegrate(c); /* empty: an active free chunk */
+	slot_update(c);
+	pages_sync_range(c, off, bits);
 	_pcpu_counters.nr_dealloc++;
 	_pcpu_counters.nr_cur_alloc--;
 	_pcpu_counters.live_bytes -= (size_t)bits * 4;
-	debug_validate();
+	bool kick = _pcpu_reclaim_note_free(c);
+	debug_validate(c, p, bits * 4);
 	pthread_mutex_unlock(&_pcpu_alloc_lock);
+	if (kick)
+		_pcpu_balance_kick(false);
 }
 
 size_t pcpu_alloc_size(const void *p)
@@ -390,6 +610,21 @@ size_t pcpu_alloc_size(const void *p)
 	if (!c)
 		errno = EINVAL;
 	return size;
+}
+
+int _pcpu_chunks_discard_index(int idx)
+{
+	int ret = 0;
+	pthread_mutex_lock(&_pcpu_alloc_lock);
+	for (size_t i = 0; i < _pcpu_nr_chunks; i++) {
+		struct pcpu_chunk *c = _pcpu_chunks[i];
+		int r = _pcpu_os_discard(c->base + (size_t)idx * _pcpu_g.unit_size,
+					 _pcpu_g.unit_size);
+		if (r && !ret)
+			ret = r;
+	}
+	pthread_mutex_unlock(&_pcpu_alloc_lock);
+	return ret;
 }
 
 size_t pcpu_alloc_max(void)
@@ -439,32 +674,105 @@ static int check_free_zero(const struct pcpu_chunk *c,
 	return 0;
 }
 
+/* page_used mirrors the map; used implies touched; the counts agree. */
+static int check_pages(const struct pcpu_chunk *c)
+{
+	uint32_t pop = 0, empty = 0;
+	for (uint32_t pg = 0; pg < c->map.nr_blocks; pg++) {
+		bool used = test_bit(c->page_used, pg);
+		bool touched = test_bit(c->page_touched, pg);
+		if (used == _pcpu_areamap_block_empty(&c->map, pg) ||
+		    (used && !touched))
+			return -1;
+		pop += touched;
+		empty += touched && !used;
+	}
+	return pop == c->nr_pop_pages && empty == c->nr_empty_pop_pages ? 0
+									 : -1;
+}
+
+/* Every chunk of every list is installed, listed once, in its state. */
+static int check_lists(void)
+{
+	size_t n = 0;
+	for (int l = 0; l <= SIDELINED_LIST; l++)
+		for (struct pcpu_chunk *c = lists[l].head; c; c = c->next) {
+			if (c->list != l || (c->next && c->next->prev != c) ||
+			    (!c->next && lists[l].tail != c))
+				return -1;
+			n++;
+		}
+	for (size_t i = 0; i < _pcpu_nr_chunks; i++)
+		n -= _pcpu_chunks[i]->list >= 0;
+	return n == 0 ? 0 : -1;
+}
+
+/* A chunk sits in the list its state says. */
+static int validate_list_state(const struct pcpu_chunk *c)
+{
+	const char *bad = NULL;
+	if (c->state == PCPU_CHUNK_ACTIVE && c->list != _pcpu_chunk_slot(c))
+		bad = "active chunk in the wrong slot";
+	else if (c->state == PCPU_CHUNK_SIDELINED &&
+		 (c->list != SIDELINED_LIST || !c->nr_alloc))
+		bad = "sidelined chunk misplaced or empty";
+	else if (c->state == PCPU_CHUNK_ISOLATED && c->list >= 0)
+		bad = "isolated chunk in a list";
+	if (bad)
+		fprintf(stderr, "libpcpu: validate: chunk %p: %s\n",
+			(void *)c->base, bad);
+	return bad ? -EUCLEAN : 0;
+}
+
+/* The checks of one chunk, the zero-when-free one over every populated
+ * page of every used index included. */
+static int validate_chunk(const struct pcpu_chunk *c,
+			  const struct pcpu_cpuset *used)
+{
+	const char *bad = NULL;
+	if (_pcpu_areamap_validate(&c->map))
+		bad = "area map";
+	else if (validate_list_state(c))
+		bad = "list";
+	else if (check_pages(c))
+		bad = "page bookkeeping differs from the map";
+	else if (count_starts(&c->map) != c->nr_alloc)
+		bad = "nr_alloc differs from the live areas";
+	else if (check_free_zero(c, used))
+		bad = "a free word is not zero";
+	if (bad) {
+		fprintf(stderr, "libpcpu: validate: chunk %p: %s\n",
+			(void *)c->base, bad);
+		return -EUCLEAN;
+	}
+	return 0;
+}
+
 int _pcpu_validate_locked(void)
 {
 	struct pcpu_cpuset used;
-	uint64_t live = 0, nr = 0;
+	uint64_t live = 0, nr = 0, pop = 0, empty = 0;
 
 	_pcpu_used_snapshot(&used);
 	for (size_t i = 0; i < _pcpu_nr_chunks; i++) {
 		struct pcpu_chunk *c = _pcpu_chunks[i];
-		const char *bad = NULL;
-		if (i && _pcpu_chunks[i - 1]->base >= c->base)
-			bad = "chunks[] not sorted";
-		else if (_pcpu_areamap_validate(&c->map))
-			bad = "area map";
-		else if (c->slot != _pcpu_chunk_slot(c))
-			bad = "chunk in the wrong slot";
-		else if (count_starts(&c->map) != c->nr_alloc)
-			bad = "nr_alloc differs from the live areas";
-		else if (check_free_zero(c, &used))
-			bad = "a free word is not zero";
-		if (bad) {
-			fprintf(stderr, "libpcpu: validate: chunk %p: %s\n",
-				(void *)c->base, bad);
+		if (i && _pcpu_chunks[i - 1]->base >= c->base) {
+			fprintf(stderr, "libpcpu: validate: chunks[] not "
+					"sorted\n");
 			return -EUCLEAN;
 		}
+		if (validate_chunk(c, &used))
+			return -EUCLEAN;
 		nr += c->nr_alloc;
 		live += (uint64_t)(c->map.nr_bits - c->map.free_bits) * 4;
+		pop += c->nr_pop_pages;
+		empty += c->nr_empty_pop_pages;
+	}
+	if (check_lists() || pop != _pcpu_counters.pop_pages ||
+	    empty != _pcpu_counters.empty_pop_pages) {
+		fprintf(stderr, "libpcpu: validate: chunk lists or page "
+				"counts differ\n");
+		return -EUCLEAN;
 	}
 	if (nr != _pcpu_counters.nr_cur_alloc ||
 	    live != _pcpu_counters.live_bytes ||
@@ -492,17 +800,22 @@ int pcpu_validate(void)
 	return ret;
 }
 
+/* Lock order: reclaim_lock, then alloc_lock. */
 void _pcpu_chunk_atfork_prepare(void)
 {
+	_pcpu_reclaim_atfork_prepare();
 	pthread_mutex_lock(&_pcpu_alloc_lock);
 }
 
 void _pcpu_chunk_atfork_parent(void)
 {
 	pthread_mutex_unlock(&_pcpu_alloc_lock);
+	_pcpu_reclaim_atfork_parent();
 }
 
 void _pcpu_chunk_atfork_child(void)
 {
 	pthread_mutex_unlock(&_pcpu_alloc_lock);
+	_pcpu_reclaim_atfork_child();
+	_pcpu_balance_atfork_child();
 }

@@ -1,6 +1,7 @@
 /*
- * chunk.h - the chunk structure, shared by chunk.c (which owns it) and
- * stats.c (which reads it under the allocator lock).
+ * chunk.h - the chunk structure and the allocator's shared state, owned by
+ * chunk.c; reclaim.c moves chunks between states and stats.c reads them,
+ * both with the allocator lock held.
  */
 #ifndef PCPU_CHUNK_H
 #define PCPU_CHUNK_H
@@ -9,24 +10,42 @@
 
 #include "internal.h"
 
-/* Slots by largest free run: slot s holds chunks whose contig_hint (in
- * words) has fls == s; a 1 MiB unit has 2^18 words, so slots 0..19. */
+/* Slots by largest free run: slot s holds active chunks whose contig_hint
+ * (in words) has fls == s; a 1 MiB unit has 2^18 words, so slots 0..19,
+ * the last one for fully free chunks. */
 #define PCPU_NR_SLOTS 24
 
+enum pcpu_chunk_state {
+	PCPU_CHUNK_ACTIVE,    /* in the slot its contig hint says */
+	PCPU_CHUNK_ISOLATED,  /* in no list: being depopulated or released */
+	PCPU_CHUNK_SIDELINED, /* depopulated, holds areas: tried after the
+				 partly used active chunks, before free ones */
+};
+
 struct pcpu_chunk {
-	char *base;              /* CPU 0's unit; CPU c's at base + c*stride */
+	char *base;              /* CPU 0's unit; CPU c's at base + c*unit */
 	size_t len;              /* the whole reservation */
 	struct pcpu_areamap map; /* layout shared by every unit */
-	struct pcpu_chunk *next, *prev; /* slot list */
-	int slot;
+	struct pcpu_chunk *next, *prev; /* its list */
+	int list;                /* slot, PCPU_NR_SLOTS for sidelined, -1 */
+	enum pcpu_chunk_state state;
+	bool to_depopulate;      /* marked for the balance worker */
 	uint32_t nr_alloc;       /* live areas */
 	/* The last request shape that found no fit here: a request at least
 	 * as large and at least as aligned cannot fit either until the next
 	 * free in this chunk (holes too small or misaligned, e.g. 4-byte
 	 * areas at 8-byte alignment leave 4-byte holes). 0: none. */
 	uint32_t nofit_bits, nofit_align;
-	uint64_t *page_touched;  /* pages of the unit layout that held an
-				    area: they may be backed on used CPUs */
+	/* Pages of the unit layout: touched = may be backed on some used
+	 * index (the kernel's "populated"); used = holds an area.  used
+	 * implies touched; touched && !used is an empty populated page. */
+	uint64_t *page_touched;
+	uint64_t *page_used;
+	uint32_t nr_pop_pages, nr_empty_pop_pages;
+};
+
+struct pcpu_chunk_list {
+	struct pcpu_chunk *head, *tail;
 };
 
 struct pcpu_alloc_counters {
@@ -34,6 +53,12 @@ struct pcpu_alloc_counters {
 	uint64_t nr_chunks, nr_max_chunks;
 	uint64_t min_alloc_size, max_alloc_size;
 	uint64_t live_bytes;
+	uint64_t pop_pages, empty_pop_pages; /* sums over chunks */
+	uint64_t nr_to_depopulate;           /* chunks marked */
+	/* reclaim events */
+	uint64_t depopulated_pages, chunks_isolated, chunks_sidelined;
+	uint64_t chunks_reintegrated, chunks_freed, trims, pressure_events;
+	uint64_t balance_passes, nonblock_fails, chunks_grown;
 };
 
 extern pthread_mutex_t _pcpu_alloc_lock;
@@ -43,7 +68,29 @@ extern struct pcpu_alloc_counters _pcpu_counters;
 
 int _pcpu_chunk_slot(const struct pcpu_chunk *c);
 struct pcpu_chunk *_pcpu_chunk_lookup(const void *p);
-/* Context: alloc_lock held. */
+/* Context: alloc_lock held, unless said otherwise. */
 int _pcpu_validate_locked(void);
+struct pcpu_chunk *_pcpu_chunk_create(void); /* lock not held */
+int _pcpu_chunk_destroy(struct pcpu_chunk *c); /* lock not held */
+int _pcpu_chunk_install(struct pcpu_chunk *c);
+void _pcpu_chunk_uninstall(struct pcpu_chunk *c);
+void _pcpu_chunk_isolate(struct pcpu_chunk *c);
+void _pcpu_chunk_reintegrate(struct pcpu_chunk *c);
+void _pcpu_chunk_pages_sync(struct pcpu_chunk *c, uint32_t pg0, uint32_t pg1);
+/* Head of a list: a slot, or PCPU_NR_SLOTS for the sidelined chunks. */
+struct pcpu_chunk *_pcpu_chunk_first(int list);
+
+/* reclaim.c */
+/* After a free in @c: marks it for depopulation when it qualifies;
+ * returns true when the balance worker should run. */
+bool _pcpu_reclaim_note_free(struct pcpu_chunk *c);
+/* One pass (reclaim_lock and alloc_lock not held): reserve a chunk if
+ * @want_grow, depopulate (every empty page if @trim, else marked chunks
+ * down to the HIGH watermark), unmap free chunks beyond one spare.
+ * Returns pages plus chunks released. */
+size_t _pcpu_reclaim_pass(bool trim, bool want_grow);
+void _pcpu_reclaim_atfork_prepare(void);
+void _pcpu_reclaim_atfork_parent(void);
+void _pcpu_reclaim_atfork_child(void);
 
 #endif

@@ -201,6 +201,10 @@ uint32_t _pcpu_areamap_max_contig(const struct pcpu_areamap *m);
 /* Checks every invariant of the map; returns 0 or -1 after printing the
  * first violation to stderr. */
 int _pcpu_areamap_validate(const struct pcpu_areamap *m);
+/* The checks an operation on blocks [b0, b1] can break (cheap enough to
+ * run after every operation in debug builds). */
+int _pcpu_areamap_validate_blocks(const struct pcpu_areamap *m, uint32_t b0,
+				  uint32_t b1);
 
 /* ---- os.c: the only file that calls mmap/madvise/munmap/mincore/membarrier ---- */
 
@@ -290,9 +294,122 @@ void _pcpu_used_snapshot(struct pcpu_cpuset *out);
 
 /* ---- chunk.c: chunks and the area allocator ---- */
 
+/*
+ * Drops the backing of index @idx's unit in every chunk (MADV_DONTNEED):
+ * its copies read zero afterwards.  Context: nothing may write @idx's
+ * copies meanwhile (a dead CPU, fenced).  Returns 0 or the first -errno
+ * (the other chunks are still discarded).
+ */
+int _pcpu_chunks_discard_index(int idx);
 void _pcpu_chunk_atfork_prepare(void);
 void _pcpu_chunk_atfork_parent(void);
 void _pcpu_chunk_atfork_child(void);
+
+/* ---- balance.c: the background worker ---- */
+
+/* Starts the worker if it is not running (and not disabled with
+ * PCPU_BALANCE=0) and, when @now, wakes it for a pass; @grow asks it to
+ * reserve room for non-blocking allocations.  Cheap when nothing is to
+ * do: one load. */
+void _pcpu_balance_kick(bool grow);
+/* Starts the worker lazily, without waking it. */
+void _pcpu_balance_start(void);
+void _pcpu_balance_atfork_child(void);
+
+/* ---- counter.c ---- */
+
+/* Kinds of counters _pcpu_counter_fold_index() folds. */
+#define PCPU_COUNTER_FOLD_CPU 1u /* PCPU_COUNTER_PERCPU: the process index */
+#define PCPU_COUNTER_FOLD_CID 2u /* default: concurrency ids */
+/*
+ * Folds index @idx's residue of every live counter of the kinds in @which
+ * into its shared value.  Context: nothing writes @idx's slots meanwhile
+ * (a dead CPU whose pcpu__ok entry was cleared and fenced), or the atomic
+ * path.  The hotplug dead path calls it with PCPU_COUNTER_FOLD_CPU.
+ */
+void _pcpu_counter_fold_index(int idx, unsigned int which);
+
+/* ---- hotplug.c: readiness of indexes, pcpu_alloc_init, callbacks, CPU events ---- */
+
+/*
+ * Lock order (docs/DESIGN.md, "Hotplug"): hotplug mutex (callbacks run
+ * with only it held), unit lock (hotplug.c: unit states, used bits), cpu
+ * lock (cpu.c: pcpu__ok[], path, thread ids), allocator lock.
+ *
+ * An index is *ready* when CPU-indexed operations may write its copies;
+ * every other index sends them to the shared slot (nr_ids).  Ready implies
+ * used (_pcpu_g.used: its copies count and were set up).
+ */
+
+/* Sets up the hotplug state; called once by _pcpu_init_slow (init lock
+ * held) after the topology, path and index mode are known. */
+void _pcpu_hotplug_init(void);
+
+/*
+ * _pcpu_hotplug_enter - the index a CPU-indexed operation of a thread whose
+ * raw index is @raw (its CPU, simulated CPU or mm_cid; may be out of range)
+ * writes now: @raw when it is ready (brought up here when that is cheap
+ * and allowed), else the shared slot nr_ids (made used).  With @gate (the
+ * atomic path) and a result below nr_ids, *@ticket >= 0: the index cannot
+ * be released until _pcpu_hotplug_exit(idx, *ticket); do the atomic write
+ * in between.  Otherwise *@ticket == -1.  Never blocks on the hotplug
+ * mutex.
+ */
+int _pcpu_hotplug_enter(int raw, bool gate, int *ticket);
+void _pcpu_hotplug_exit(int idx, int ticket);
+
+/*
+ * _pcpu_hotplug_other - make @idx usable for writes that are not indexed
+ * by CPU (thread ids of counters, atomic writes of pcpu_ref): its unit is
+ * set up and never released afterwards.  Returns @idx, or nr_ids (made
+ * used) when @idx is out of range or its unit cannot be set up now.
+ */
+int _pcpu_hotplug_other(int idx);
+
+/* Called by pcpu_free with the allocator lock held, before the area is
+ * zeroed and released: forget what the hotplug layer keeps about @p (its
+ * initial value, pcpu_alloc_init) and zero it on indexes being set up. */
+void _pcpu_hotplug_area_freed(void *p);
+
+/*
+ * For the balance worker, about once a second: drain CPU uevents, re-read
+ * online/allowed CPUs (at most once a second), retry failed or deferred
+ * bring-ups, release dead CPUs' memory.  One load when there is nothing to
+ * do (simulation, nothing pending); never blocks on the hotplug mutex.
+ */
+void _pcpu_hotplug_tick(void);
+
+/* Fork (cpu.c's handlers): prepare takes the unit lock after the init
+ * lock and before the cpu lock; the child forgets the uevent socket and
+ * what other threads had in flight (gates, units being set up or
+ * released), and frees the hotplug mutex unless the forking thread holds
+ * it.  The hotplug mutex is not taken at fork: it is held while callbacks
+ * run, and counter.c's fork handler takes its lock first. */
+void _pcpu_hotplug_atfork_prepare(void);
+void _pcpu_hotplug_atfork_parent(void);
+void _pcpu_hotplug_atfork_child(void);
+
+/*
+ * Parses one NETLINK_KOBJECT_UEVENT message ("action@devpath\0KEY=VALUE
+ * \0..."): returns PCPU_UEVENT_* for an event of the "cpu" subsystem about
+ * /devices/system/cpu/cpu<N> (with *@cpu = N), 0 for any other event,
+ * -EINVAL for a malformed message.  Never reads past msg[len-1].
+ */
+#define PCPU_UEVENT_ONLINE 1
+#define PCPU_UEVENT_OFFLINE 2
+#define PCPU_UEVENT_ADD 3
+#define PCPU_UEVENT_REMOVE 4
+int _pcpu_hotplug_uevent_parse(const char *msg, size_t len, int *cpu);
+
+/* Longest time the hotplug context held the allocator lock in one
+ * stretch (filling a unit, scanning one before release), in ns since the
+ * last reset; for pcpu-bench. */
+unsigned long long _pcpu_hotplug_lock_hold_max_ns(bool reset);
+
+/* Defined in cpu.c (the cpu lock guards pcpu__ok[] and the path): sets
+ * pcpu__ok[@idx] to 0, or to 1 when @on and the process is on the rseq
+ * path; returns whether it is on the rseq path. */
+bool _pcpu_cpu_ok_set(int idx, bool on);
 
 /* ---- stats.c ---- */
 

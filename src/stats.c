@@ -65,9 +65,7 @@ static void chunk_stats(const struct pcpu_chunk *c,
 	cs->contig_bytes = (uint64_t)big * 4;
 	cs->sum_frag = cs->free_bytes - cs->contig_bytes;
 	cs->max_frag = (uint64_t)second * 4;
-	for (uint32_t b = 0; b < m->nr_blocks; b++)
-		if (bit(c->page_touched, b) && _pcpu_areamap_block_empty(m, b))
-			cs->empty_pop_pages++;
+	cs->empty_pop_pages = c->nr_empty_pop_pages;
 	for (int idx = _pcpu_cpuset_next(used, 0);
 	     idx >= 0 && idx <= _pcpu_g.nr_ids;
 	     idx = _pcpu_cpuset_next(used, idx + 1)) {
@@ -101,7 +99,6 @@ int pcpu_stats_get(struct pcpu_stats *st)
 		st->sum_frag += cs.sum_frag;
 		if (cs.max_frag > st->max_frag)
 			st->max_frag = cs.max_frag;
-		st->empty_pop_pages += cs.empty_pop_pages;
 	}
 	st->metadata_bytes += _pcpu_nr_chunks * sizeof(void *);
 	st->nr_alloc = _pcpu_counters.nr_alloc;
@@ -113,6 +110,19 @@ int pcpu_stats_get(struct pcpu_stats *st)
 	st->min_alloc_size = _pcpu_counters.min_alloc_size;
 	st->max_alloc_size = _pcpu_counters.max_alloc_size;
 	st->live_bytes = _pcpu_counters.live_bytes;
+	st->empty_pop_pages = _pcpu_counters.empty_pop_pages;
+	st->pop_pages = _pcpu_counters.pop_pages;
+	st->depopulated_pages = _pcpu_counters.depopulated_pages;
+	st->chunks_isolated = _pcpu_counters.chunks_isolated;
+	st->chunks_sidelined = _pcpu_counters.chunks_sidelined;
+	st->chunks_reintegrated = _pcpu_counters.chunks_reintegrated;
+	st->chunks_freed = _pcpu_counters.chunks_freed;
+	st->chunks_grown = _pcpu_counters.chunks_grown;
+	st->trims = _pcpu_counters.trims;
+	st->pressure_events = _pcpu_counters.pressure_events;
+	st->balance_passes = _pcpu_counters.balance_passes;
+	st->nonblock_fails = __atomic_load_n(&_pcpu_counters.nonblock_fails,
+					     __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&_pcpu_alloc_lock);
 	st->unit_size = _pcpu_g.unit_size;
 	st->nr_cpu_ids = _pcpu_g.nr_ids;
@@ -138,7 +148,11 @@ size_t pcpu_stats_chunks(struct pcpu_chunk_stats *out, size_t n)
 	X(backed_bytes) X(reserved_bytes) X(metadata_bytes) X(unit_size)       \
 	X(nr_alloc) X(nr_dealloc) X(nr_cur_alloc) X(nr_max_alloc)              \
 	X(nr_chunks) X(nr_max_chunks) X(min_alloc_size) X(max_alloc_size)     \
-	X(empty_pop_pages) X(live_bytes) X(free_bytes) X(sum_frag) X(max_frag)
+	X(empty_pop_pages) X(live_bytes) X(free_bytes) X(sum_frag) X(max_frag) \
+	X(pop_pages) X(depopulated_pages) X(chunks_isolated)                  \
+	X(chunks_sidelined) X(chunks_reintegrated) X(chunks_freed)            \
+	X(chunks_grown) X(trims) X(pressure_events) X(balance_passes)         \
+	X(nonblock_fails)
 
 #define CHUNK_FIELDS(X)                                                        \
 	X(nr_alloc) X(free_bytes) X(contig_bytes) X(sum_frag) X(max_frag)     \

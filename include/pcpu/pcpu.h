@@ -53,6 +53,30 @@ size_t pcpu_alloc_size(const void *p);
 size_t pcpu_alloc_max(void);
 
 /*
+ * pcpu_alloc_nonblock - like pcpu_alloc, for contexts that must not block
+ * (the kernel's atomic allocations): never maps memory, never sleeps on
+ * the allocator lock, serves only from chunks already reserved.  NULL with
+ * errno EAGAIN when it cannot (the balance worker is then asked to reserve
+ * room), EINVAL as pcpu_alloc.
+ */
+void *pcpu_alloc_nonblock(size_t size, size_t align);
+
+/*
+ * pcpu_balance - one pass of what the balance worker does, now: reserve
+ * room for non-blocking allocations if one failed, release the empty pages
+ * of chunks marked for depopulation down to the high watermark (4 empty
+ * pages), unmap fully free chunks beyond one spare.  Returns 0.
+ */
+int pcpu_balance(void);
+
+/*
+ * pcpu_trim - release everything releasable now (like malloc_trim): every
+ * empty page of every chunk, every fully free chunk but one.  Returns 1
+ * if memory was released, 0 if there was nothing to release.
+ */
+int pcpu_trim(void);
+
+/*
  * Error handler for invalid use caught at run time (in release builds
  * too): @what names the fault ("invalid free", "double free", ...), @ptr
  * the pointer.  The default prints one line and aborts; a handler that
@@ -150,6 +174,20 @@ struct pcpu_stats {
 	uint64_t sum_frag;        /* free bytes outside each chunk's largest
 				     free run */
 	uint64_t max_frag;        /* largest such run */
+	/* reclaim (the balance worker, pcpu_balance, pcpu_trim) */
+	uint64_t pop_pages;          /* pages (of the unit layout) that may be
+					backed: they held an area */
+	uint64_t depopulated_pages;  /* pages released with MADV_DONTNEED
+					(of the unit layout, all CPUs) */
+	uint64_t chunks_isolated;    /* taken aside for depopulation */
+	uint64_t chunks_sidelined;   /* put back after allocations packed */
+	uint64_t chunks_reintegrated;/* sidelined chunks used again */
+	uint64_t chunks_freed;       /* unmapped fully free chunks */
+	uint64_t chunks_grown;       /* reserved for non-blocking allocations */
+	uint64_t trims;
+	uint64_t pressure_events;    /* PSI memory-pressure wake-ups */
+	uint64_t balance_passes;
+	uint64_t nonblock_fails;     /* pcpu_alloc_nonblock that gave EAGAIN */
 };
 
 struct pcpu_chunk_stats {
@@ -183,6 +221,7 @@ int pcpu_validate(void);
 }
 #endif
 
+#include "pcpu/hotplug.h"
 #include "pcpu/ops.h"
 
 #endif

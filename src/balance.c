@@ -1,0 +1,193 @@
+/*
+ * balance.c - the balance worker, memory pressure, pcpu_balance/pcpu_trim.
+ *
+ * One background thread per process, started lazily by the first
+ * allocation (PCPU_BALANCE=0 disables it; nothing needs it for
+ * correctness: pcpu_balance and pcpu_trim do the same work synchronously).
+ * It sleeps in poll() on an eventfd that frees and non-blocking
+ * allocations write when there is work (at most one write per wake-up),
+ * on a PSI trigger when the kernel offers one, and on a timeout
+ * (PCPU_BALANCE_INTERVAL_MS, default 1000).  Each wake-up runs one reclaim
+ * pass (reclaim.c); a memory-pressure event runs a trim at once.  The
+ * worker never holds a lock that pcpu_alloc or pcpu_free need while it
+ * calls the OS (see reclaim.c).
+ *
+ * PSI: a trigger "some 150000 2000000" (150 ms of stall in a 2 s window;
+ * unprivileged processes need a window that is a multiple of 2 s) on the
+ * cgroup's memory.pressure (cgroup v2) or /proc/pressure/memory; without
+ * PSI the worker just polls its eventfd.
+ *
+ * fork(): the child has no worker; the next allocation starts one.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "chunk.h"
+
+static pthread_mutex_t worker_lock = PTHREAD_MUTEX_INITIALIZER;
+static int worker_state; /* 0 not started, 1 running, -1 disabled/failed */
+static int wake_fd = -1;
+static int psi_fd = -1;
+static int interval_ms = 1000;
+static int kick_pending;
+static int grow_pending;
+
+static int open_psi(void)
+{
+	static const char trigger[] = "some 150000 2000000";
+	char path[512] = "/proc/pressure/memory", line[400];
+	FILE *f = fopen("/proc/self/cgroup", "re");
+	if (f) {
+		while (fgets(line, sizeof(line), f)) {
+			if (strncmp(line, "0::/", 4))
+				continue;
+			line[strcspn(line, "\n")] = 0;
+			char cg[512];
+			snprintf(cg, sizeof(cg), "/sys/fs/cgroup%s/memory.pressure",
+				 line + 3);
+			if (access(cg, W_OK) == 0)
+				snprintf(path, sizeof(path), "%s", cg);
+		}
+		fclose(f);
+	}
+	int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	if (write(fd, trigger, sizeof(trigger)) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static void *worker_main(void *arg)
+{
+	(void)arg;
+	for (;;) {
+		struct pollfd pfd[2] = { { wake_fd, POLLIN, 0 },
+					 { psi_fd, POLLPRI, 0 } };
+		int n = poll(pfd, psi_fd >= 0 ? 2 : 1, interval_ms);
+		bool pressure = n > 0 && psi_fd >= 0 &&
+				(pfd[1].revents & POLLPRI);
+		if (n > 0 && (pfd[0].revents & POLLIN)) {
+			uint64_t v;
+			ssize_t r = read(wake_fd, &v, sizeof(v));
+			(void)r;
+		}
+		if (n > 0 && psi_fd >= 0 && (pfd[1].revents & (POLLERR | POLLNVAL))) {
+			close(psi_fd); /* the trigger went away */
+			psi_fd = -1;
+		}
+		__atomic_store_n(&kick_pending, 0, __ATOMIC_RELEASE);
+		bool grow = __atomic_exchange_n(&grow_pending, 0,
+						__ATOMIC_ACQ_REL);
+		if (pressure) {
+			pthread_mutex_lock(&_pcpu_alloc_lock);
+			_pcpu_counters.pressure_events++;
+			pthread_mutex_unlock(&_pcpu_alloc_lock);
+		}
+		_pcpu_reclaim_pass(pressure, grow);
+	}
+	return NULL;
+}
+
+/* Context: worker_lock held. */
+static void start_worker(void)
+{
+	const char *env = getenv("PCPU_BALANCE");
+	if (env && !strcmp(env, "0")) {
+		worker_state = -1;
+		return;
+	}
+	env = getenv("PCPU_BALANCE_INTERVAL_MS");
+	if (env && atoi(env) > 0)
+		interval_ms = atoi(env);
+	wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (wake_fd < 0) {
+		worker_state = -1;
+		return;
+	}
+	psi_fd = open_psi();
+
+	/* The worker takes no signals: they belong to the application. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, 64 * 1024);
+	pthread_t t;
+	int ret = pthread_create(&t, &attr, worker_main, NULL);
+	pthread_attr_destroy(&attr);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (ret) {
+		close(wake_fd);
+		wake_fd = -1;
+		if (psi_fd >= 0)
+			close(psi_fd);
+		psi_fd = -1;
+		worker_state = -1;
+		return;
+	}
+	worker_state = 1;
+}
+
+void _pcpu_balance_start(void)
+{
+	if (PCPU_LIKELY(__atomic_load_n(&worker_state, __ATOMIC_ACQUIRE)))
+		return;
+	pthread_mutex_lock(&worker_lock);
+	if (!worker_state)
+		start_worker();
+	pthread_mutex_unlock(&worker_lock);
+}
+
+void _pcpu_balance_kick(bool grow)
+{
+	if (grow)
+		__atomic_store_n(&grow_pending, 1, __ATOMIC_RELEASE);
+	_pcpu_balance_start();
+	if (__atomic_load_n(&worker_state, __ATOMIC_ACQUIRE) != 1)
+		return;
+	if (!__atomic_exchange_n(&kick_pending, 1, __ATOMIC_ACQ_REL)) {
+		uint64_t one = 1;
+		ssize_t r = write(wake_fd, &one, sizeof(one));
+		(void)r;
+	}
+}
+
+void _pcpu_balance_atfork_child(void)
+{
+	/* No worker in the child; close the parent's descriptors. */
+	if (wake_fd >= 0)
+		close(wake_fd);
+	if (psi_fd >= 0)
+		close(psi_fd);
+	wake_fd = psi_fd = -1;
+	kick_pending = grow_pending = 0;
+	worker_state = 0;
+	pthread_mutex_init(&worker_lock, NULL);
+}
+
+int pcpu_balance(void)
+{
+	_pcpu_ensure_init();
+	bool grow = __atomic_exchange_n(&grow_pending, 0, __ATOMIC_ACQ_REL);
+	_pcpu_reclaim_pass(false, grow);
+	return 0;
+}
+
+int pcpu_trim(void)
+{
+	_pcpu_ensure_init();
+	return _pcpu_reclaim_pass(true, false) ? 1 : 0;
+}
