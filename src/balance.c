@@ -8,7 +8,8 @@
  * allocations write when there is work (at most one write per wake-up),
  * on a PSI trigger when the kernel offers one, and on a timeout
  * (PCPU_BALANCE_INTERVAL_MS, default 1000).  Each wake-up runs one reclaim
- * pass (reclaim.c); a memory-pressure event runs a trim at once.  The
+ * pass (reclaim.c), at most one per tenth of the interval; a memory-
+ * pressure event runs a trim at once.  The
  * worker never holds a lock that pcpu_alloc or pcpu_free need while it
  * calls the OS (see reclaim.c).
  *
@@ -28,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "chunk.h"
@@ -37,6 +39,7 @@ static int worker_state; /* 0 not started, 1 running, -1 disabled/failed */
 static int wake_fd = -1;
 static int psi_fd = -1;
 static int interval_ms = 1000;
+static int min_gap_ms = 100; /* interval / 10, at least 10 ms */
 static int kick_pending;
 static int grow_pending;
 
@@ -95,6 +98,14 @@ static void *worker_main(void *arg)
 			pthread_mutex_unlock(&_pcpu_alloc_lock);
 		}
 		_pcpu_reclaim_pass(pressure, grow);
+		/* Rate limit: frees may kick at any pace, but reclaiming in
+		 * the middle of a burst of frees only competes with it (the
+		 * lock, TLB shootdowns of madvise).  Kicks that arrive
+		 * meanwhile wait in the eventfd. */
+		if (!pressure && !grow) {
+			struct timespec gap = { 0, (long)min_gap_ms * 1000000 };
+			nanosleep(&gap, NULL);
+		}
 	}
 	return NULL;
 }
@@ -110,6 +121,7 @@ static void start_worker(void)
 	env = getenv("PCPU_BALANCE_INTERVAL_MS");
 	if (env && atoi(env) > 0)
 		interval_ms = atoi(env);
+	min_gap_ms = interval_ms / 10 > 10 ? interval_ms / 10 : 10;
 	wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (wake_fd < 0) {
 		worker_state = -1;
