@@ -14,7 +14,7 @@ CTEST     := ctest --output-on-failure -j$(JOBS)
 
 .PHONY: all demo check deps deps-check build build-asan build-tsan \
 	check-release check-valgrind check-asan check-tsan check-fuzz \
-	check-aarch64 bench install clean
+	check-aarch64 check-install bench install clean
 
 all: build
 
@@ -85,8 +85,23 @@ check-aarch64: deps-check
 	done
 	@echo "aarch64: every source compiles"
 
+# Install into a scratch prefix and build a consumer with pkg-config and
+# with find_package(pcpu).
+check-install: build
+	@rm -rf $(BUILD)/prefix $(BUILD)/consumer
+	$(CMAKE) --install $(BUILD)/release --prefix $(CURDIR)/$(BUILD)/prefix >/dev/null
+	PKG_CONFIG_PATH=$(CURDIR)/$(BUILD)/prefix/lib/pkgconfig; export PKG_CONFIG_PATH; \
+	cc tests/install/consumer.c $$(pkg-config --cflags --libs libpcpu) \
+		-Wl,-rpath,$(CURDIR)/$(BUILD)/prefix/lib -o $(BUILD)/consumer-pc && \
+		$(BUILD)/consumer-pc
+	$(CMAKE) -S tests/install -B $(BUILD)/consumer \
+		-DCMAKE_PREFIX_PATH=$(CURDIR)/$(BUILD)/prefix >/dev/null
+	$(CMAKE) --build $(BUILD)/consumer >/dev/null
+	$(BUILD)/consumer/consumer
+
 check: deps-check
 	$(MAKE) check-aarch64
+	$(MAKE) check-install
 	$(MAKE) check-release
 	$(MAKE) check-asan
 	$(MAKE) check-tsan
