@@ -11,6 +11,7 @@
  * process to the atomic path (pcpu_sim_set_cpu) mid-storm: still exact.
  */
 #define _GNU_SOURCE
+#undef NDEBUG /* pcpu_ptr's range check is what a debug build has */
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -291,8 +293,104 @@ static void test_sim(void)
 	pcpu_free(sim_counter);
 }
 
-int main(void)
+/* ---- bad input ---- */
+
+/* Runs "self --child what" with @env added; returns the exit status (or
+ * 128 + signal) and the child's stderr in @err. */
+static int run_child(const char *what, const char *const env[], char *err,
+		     size_t len)
 {
+	int fd[2];
+	REQUIRE(pipe(fd) == 0);
+	pid_t pid = fork();
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		dup2(fd[1], 2);
+		close(fd[0]);
+		for (int i = 0; env[i]; i++)
+			putenv((char *)env[i]);
+		execl("/proc/self/exe", "test_ops", "--child", what,
+		      (char *)NULL);
+		_exit(127);
+	}
+	close(fd[1]);
+	size_t got = 0;
+	ssize_t r;
+	while (got < len - 1 && (r = read(fd[0], err + got, len - 1 - got)) > 0)
+		got += (size_t)r;
+	err[got] = 0;
+	close(fd[0]);
+	int status;
+	waitpid(pid, &status, 0);
+	return WIFEXITED(status) ? WEXITSTATUS(status)
+				 : 128 + WTERMSIG(status);
+}
+
+static int count_lines(const char *s)
+{
+	int n = 0;
+	for (; *s; s++)
+		n += *s == '\n';
+	return n;
+}
+
+static int child_main(const char *what)
+{
+	if (!strcmp(what, "ptr")) {
+		long *p = pcpu_alloc(sizeof(long), 0);
+		long *q = pcpu_ptr(p, pcpu_nr_cpu_ids() + 1); /* aborts */
+		printf("%p\n", (void *)q);
+		return 0;
+	}
+	/* "report": the exit status tells the CPU ids this process got */
+	return pcpu_nr_cpu_ids();
+}
+
+static void test_bad_input(void)
+{
+	char err[4096];
+	const char *none[] = { NULL };
+	int rc = run_child("ptr", none, err, sizeof(err));
+	CHECK_EQ(rc, 128 + SIGABRT);
+	CHECK(strstr(err, "pcpu_ptr") != NULL);
+	CHECK_EQ(count_lines(err), 1);
+
+	/* malformed simulation: one line, then the real topology */
+	cpu_set_t set;
+	sched_getaffinity(0, sizeof(set), &set);
+	const char *bad_poss[] = { "PCPU_SIM_POSSIBLE=12x", NULL };
+	rc = run_child("report", bad_poss, err, sizeof(err));
+	CHECK(strstr(err, "PCPU_SIM_POSSIBLE") != NULL);
+	CHECK_EQ(count_lines(err), 1);
+	CHECK(rc >= 1 && rc < 64); /* the real machine's ids, not 12 */
+	const char *bad_onl[] = { "PCPU_SIM_POSSIBLE=64",
+				  "PCPU_SIM_ONLINE=0-99", NULL };
+	rc = run_child("report", bad_onl, err, sizeof(err));
+	CHECK(strstr(err, "PCPU_SIM_ONLINE") != NULL);
+	CHECK_EQ(count_lines(err), 1);
+	CHECK(rc != 64);
+	const char *good[] = { "PCPU_SIM_POSSIBLE=100", NULL };
+	rc = run_child("report", good, err, sizeof(err));
+	CHECK_EQ(rc, 100);
+	CHECK_EQ(count_lines(err), 0);
+
+	/* cid mode where it cannot be had: one notice, then cpu mode */
+	const char *cid_sim[] = { "PCPU_SIM_POSSIBLE=64", "PCPU_INDEX=cid",
+				  NULL };
+	rc = run_child("report", cid_sim, err, sizeof(err));
+	CHECK_EQ(rc, 64);
+	CHECK(strstr(err, "cid") != NULL);
+	CHECK_EQ(count_lines(err), 1);
+	const char *bad_idx[] = { "PCPU_INDEX=bogus", NULL };
+	rc = run_child("report", bad_idx, err, sizeof(err));
+	CHECK(strstr(err, "PCPU_INDEX") != NULL);
+	CHECK_EQ(count_lines(err), 1);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 3 && !strcmp(argv[1], "--child"))
+		return child_main(argv[2]);
 	setup_scale();
 	sig_counter = pcpu_alloc(sizeof(long), 0);
 	REQUIRE(sig_counter);
@@ -301,6 +399,7 @@ int main(void)
 	CHECK(pcpu_set_index_mode(PCPU_INDEX_CPU) == -EBUSY);
 	CHECK(pcpu_sim_configure(4, NULL) == -EBUSY);
 	test_types();
+	test_bad_input();
 	run_storm(2000000 / scale, -1);
 	if (pcpu_path() == PCPU_PATH_RSEQ) {
 		/* switch the process to the atomic path mid-storm */
