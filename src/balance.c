@@ -71,10 +71,18 @@ static int open_psi(void)
 	return fd;
 }
 
+static int stopping;       /* at exit: the worker returns */
+static pthread_t worker_thread;
+
+static bool worker_stopping(void)
+{
+	return __atomic_load_n(&stopping, __ATOMIC_ACQUIRE);
+}
+
 static void *worker_main(void *arg)
 {
 	(void)arg;
-	for (;;) {
+	while (!worker_stopping()) {
 		struct pollfd pfd[2] = { { wake_fd, POLLIN, 0 },
 					 { psi_fd, POLLPRI, 0 } };
 		int n = poll(pfd, psi_fd >= 0 ? 2 : 1, interval_ms);
@@ -89,6 +97,8 @@ static void *worker_main(void *arg)
 			close(psi_fd); /* the trigger went away */
 			psi_fd = -1;
 		}
+		if (worker_stopping())
+			break;
 		__atomic_store_n(&kick_pending, 0, __ATOMIC_RELEASE);
 		bool grow = __atomic_exchange_n(&grow_pending, 0,
 						__ATOMIC_ACQ_REL);
@@ -103,11 +113,30 @@ static void *worker_main(void *arg)
 		 * lock, TLB shootdowns of madvise).  Kicks that arrive
 		 * meanwhile wait in the eventfd. */
 		if (!pressure && !grow) {
-			struct timespec gap = { 0, (long)min_gap_ms * 1000000 };
-			nanosleep(&gap, NULL);
+			struct timespec tick = { 0, 10 * 1000000 };
+			for (int ms = 0; ms < min_gap_ms && !worker_stopping();
+			     ms += 10)
+				nanosleep(&tick, NULL);
 		}
 	}
 	return NULL;
+}
+
+/* At exit: stop the worker and join it (its thread-local memory would
+ * otherwise show as lost to leak checkers).  Bounded: one second. */
+static void stop_worker(void)
+{
+	if (__atomic_load_n(&worker_state, __ATOMIC_ACQUIRE) != 1)
+		return;
+	__atomic_store_n(&stopping, 1, __ATOMIC_RELEASE);
+	uint64_t one = 1;
+	ssize_t r = write(wake_fd, &one, sizeof(one));
+	(void)r;
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 1;
+	if (pthread_timedjoin_np(worker_thread, NULL, &until) == 0)
+		worker_state = 0;
 }
 
 /* Context: worker_lock held. */
@@ -135,10 +164,8 @@ static void start_worker(void)
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	pthread_attr_t attr;
 	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	pthread_attr_setstacksize(&attr, 64 * 1024);
-	pthread_t t;
-	int ret = pthread_create(&t, &attr, worker_main, NULL);
+	int ret = pthread_create(&worker_thread, &attr, worker_main, NULL);
 	pthread_attr_destroy(&attr);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (ret) {
@@ -151,6 +178,11 @@ static void start_worker(void)
 		return;
 	}
 	worker_state = 1;
+	static bool atexit_done;
+	if (!atexit_done) {
+		atexit_done = true;
+		atexit(stop_worker);
+	}
 }
 
 void _pcpu_balance_start(void)
@@ -186,6 +218,7 @@ void _pcpu_balance_atfork_child(void)
 		close(psi_fd);
 	wake_fd = psi_fd = -1;
 	kick_pending = grow_pending = 0;
+	stopping = 0;
 	worker_state = 0;
 	pthread_mutex_init(&worker_lock, NULL);
 }

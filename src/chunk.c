@@ -527,15 +527,12 @@ static struct pcpu_chunk *area_lookup(const void *p, uint32_t *off,
 	return NULL;
 }
 
+/* Areas are 4-byte aligned and a multiple of 4 bytes long. */
 static bool mem_is_zero(const void *p, size_t n)
 {
-	const uint64_t *w = p;
-	for (size_t i = 0; i < n / 8; i++)
+	const uint32_t *w = p;
+	for (size_t i = 0; i < n / 4; i++)
 		if (w[i])
-			return false;
-	const unsigned char *b = (const unsigned char *)p + n / 8 * 8;
-	for (size_t i = 0; i < n % 8; i++)
-		if (b[i])
 			return false;
 	return true;
 }

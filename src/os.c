@@ -1,7 +1,8 @@
 /*
  * os.c - the narrow layer between libpcpu and the kernel.
  *
- * Every mmap, munmap, madvise, mincore and membarrier call of the library
+ * Every mmap, munmap, madvise, mincore, pagemap read and membarrier call of
+ * the library
  * goes through here, so that tests can make any one of them fail
  * (PCPU_FAULT=mmap:N,... or _pcpu_os_fault_set) and walk a failure over
  * every call site of a workload.  Each function preserves errno for its
@@ -10,7 +11,9 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/membarrier.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -145,22 +148,100 @@ int _pcpu_os_populate(void *p, size_t len)
 	return ret == 0 ? 0 : -ENOMEM;
 }
 
-long _pcpu_os_resident_pages(const void *p, size_t len)
+/*
+ * Backed pages are counted from /proc/self/pagemap, because mincore()
+ * also reports pages that were only read: those map the kernel's shared
+ * zero page and cost no memory.  With page frame numbers visible
+ * (CAP_SYS_ADMIN), a page counts when present and not the zero page;
+ * without them, when present and mapped by this process only (bit 56),
+ * which also leaves out pages still shared copy-on-write with a fork
+ * parent or child.  Without pagemap, mincore() it is.
+ */
+#define PM_PRESENT ((uint64_t)1 << 63)
+#define PM_EXCLUSIVE ((uint64_t)1 << 56)
+#define PM_PFN_MASK (((uint64_t)1 << 55) - 1)
+
+static int pagemap_fd = -2;      /* -2 not opened yet, -1 unavailable */
+static int pagemap_pfns;         /* PFNs visible */
+static uint64_t zero_pfn;
+static pthread_mutex_t pagemap_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool pagemap_entry(int fd, const void *addr, uint64_t *e)
+{
+	off_t off = (off_t)((uintptr_t)addr / _pcpu_g.page_size * 8);
+	return pread(fd, e, 8, off) == 8;
+}
+
+/* Opens pagemap and learns the zero page's frame.  Context: pagemap_lock. */
+static void pagemap_open(void)
+{
+	pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (pagemap_fd < 0) {
+		pagemap_fd = -1;
+		return;
+	}
+	volatile char *probe = mmap(NULL, _pcpu_g.page_size, PROT_READ,
+				    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint64_t e = 0;
+	if (probe != MAP_FAILED) {
+		(void)probe[0]; /* maps the zero page */
+		if (pagemap_entry(pagemap_fd, (const void *)probe, &e) &&
+		    (e & PM_PRESENT) && (e & PM_PFN_MASK)) {
+			pagemap_pfns = 1;
+			zero_pfn = e & PM_PFN_MASK;
+		}
+		munmap((void *)probe, _pcpu_g.page_size);
+	}
+}
+
+static long resident_mincore(const void *p, size_t pages)
 {
 	unsigned char vec[256];
-	size_t page = _pcpu_g.page_size, pages = (len + page - 1) / page;
+	size_t page = _pcpu_g.page_size;
 	long n = 0;
-	int saved = errno;
-
 	for (size_t done = 0; done < pages;) {
 		size_t k = pages - done < sizeof(vec) ? pages - done : sizeof(vec);
-		if (mincore((char *)p + done * page, k * page, vec)) {
-			long ret = -errno;
-			errno = saved;
-			return ret;
-		}
+		if (mincore((char *)p + done * page, k * page, vec))
+			return -errno;
 		for (size_t i = 0; i < k; i++)
 			n += vec[i] & 1;
+		done += k;
+	}
+	return n;
+}
+
+long _pcpu_os_resident_pages(const void *p, size_t len)
+{
+	size_t page = _pcpu_g.page_size, pages = (len + page - 1) / page;
+	int saved = errno;
+	long n = 0;
+
+	pthread_mutex_lock(&pagemap_lock);
+	if (pagemap_fd == -2)
+		pagemap_open();
+	int fd = pagemap_fd;
+	pthread_mutex_unlock(&pagemap_lock);
+	if (fd < 0) {
+		n = resident_mincore(p, pages);
+		errno = saved;
+		return n;
+	}
+	uint64_t ent[512];
+	off_t off = (off_t)((uintptr_t)p / page * 8);
+	for (size_t done = 0; done < pages;) {
+		size_t k = pages - done < 512 ? pages - done : 512;
+		ssize_t r = pread(fd, ent, k * 8, off + (off_t)(done * 8));
+		if (r != (ssize_t)(k * 8)) {
+			n = resident_mincore(p, pages);
+			break;
+		}
+		for (size_t i = 0; i < k; i++) {
+			uint64_t e = ent[i];
+			if (!(e & PM_PRESENT))
+				continue;
+			n += pagemap_pfns ? (e & PM_PFN_MASK) != zero_pfn
+					  : (e & PM_EXCLUSIVE) != 0;
+		}
 		done += k;
 	}
 	errno = saved;
@@ -212,6 +293,11 @@ out:
 
 void _pcpu_os_atfork_child(void)
 {
+	/* /proc/self/pagemap opened by the parent reads the parent. */
+	if (pagemap_fd >= 0)
+		close(pagemap_fd);
+	pagemap_fd = -2;
+	pthread_mutex_init(&pagemap_lock, NULL);
 	/* Register again in the child: harmless where the kernel kept the
 	 * parent's registration, needed where it did not. */
 	membarrier_state = 0;

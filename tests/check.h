@@ -51,6 +51,21 @@ static atomic_long check__passed;
 		atomic_fetch_add(&check__passed, 1);                           \
 	} while (0)
 
+/* This program's path, for re-executing itself: readlink, which valgrind
+ * answers with the client's path (exec of "/proc/self/exe" itself would
+ * start valgrind's own binary). */
+#include <limits.h>
+#include <unistd.h>
+static inline const char *check_self_exe(void)
+{
+	static char path[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+	if (n <= 0)
+		return "/proc/self/exe";
+	path[n] = 0;
+	return path;
+}
+
 static inline int check_done(void)
 {
 	long f = atomic_load(&check__failed), p = atomic_load(&check__passed);

@@ -301,6 +301,7 @@ static int run_child(const char *what, const char *const env[], char *err,
 		     size_t len)
 {
 	int fd[2];
+	const char *self = check_self_exe();
 	REQUIRE(pipe(fd) == 0);
 	pid_t pid = fork();
 	REQUIRE(pid >= 0);
@@ -309,8 +310,7 @@ static int run_child(const char *what, const char *const env[], char *err,
 		close(fd[0]);
 		for (int i = 0; env[i]; i++)
 			putenv((char *)env[i]);
-		execl("/proc/self/exe", "test_ops", "--child", what,
-		      (char *)NULL);
+		execl(self, "test_ops", "--child", what, (char *)NULL);
 		_exit(127);
 	}
 	close(fd[1]);
