@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "cpus.h"
 #include "internal.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -66,8 +67,6 @@ static long scale = 1; /* valgrind: 50 */
 static bool heavy; /* the library validates after every alloc/free */
 static uint64_t seed = 0x9e3779b97f4a7c15ULL;
 static size_t page, umax;
-static int nr_real_cpus;
-static int real_cpus[CPU_SETSIZE];
 static char self_exe[4096];
 
 /* ---- helpers ---- */
@@ -113,31 +112,9 @@ static void setup(void)
 	if (s && *s)
 		seed = strtoull(s, NULL, 0) | 1;
 	page = (size_t)sysconf(_SC_PAGESIZE);
-	cpu_set_t set;
-	REQUIRE(sched_getaffinity(0, sizeof(set), &set) == 0);
-	for (int c = 0; c < CPU_SETSIZE; c++)
-		if (CPU_ISSET(c, &set))
-			real_cpus[nr_real_cpus++] = c;
-	REQUIRE(nr_real_cpus > 0);
+	real_cpus_init();
 	umax = pcpu_alloc_max();
 	REQUIRE(umax >= page && umax % page == 0);
-}
-
-static void pin_self(int cpu)
-{
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	sched_setaffinity(0, sizeof(set), &set);
-}
-
-static void unpin_self(void)
-{
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	for (int i = 0; i < nr_real_cpus; i++)
-		CPU_SET(real_cpus[i], &set);
-	sched_setaffinity(0, sizeof(set), &set);
 }
 
 static void get_stats(struct pcpu_stats *s)

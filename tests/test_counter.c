@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "cpus.h"
 #include "internal.h"
 #include "pcpu/counter.h"
 
@@ -33,37 +34,13 @@ void _pcpu_counter_fold_index(int idx, unsigned int which);
 #define FOLD_CID 2u
 
 static long scale = 1; /* divides iteration counts */
-static int nr_real_cpus;
-static int real_cpus[PCPU_MAX_CPUS];
 
 static void setup_scale(void)
 {
 	const char *s = getenv("PCPU_TEST_SCALE");
 	if (s && !strcmp(s, "valgrind"))
 		scale = 5;
-	cpu_set_t set;
-	REQUIRE(sched_getaffinity(0, sizeof(set), &set) == 0);
-	for (int c = 0; c < CPU_SETSIZE; c++)
-		if (CPU_ISSET(c, &set))
-			real_cpus[nr_real_cpus++] = c;
-	REQUIRE(nr_real_cpus > 0);
-}
-
-static void move_to(pid_t tid, int cpu)
-{
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	sched_setaffinity(tid, sizeof(set), &set);
-}
-
-static void unpin(void)
-{
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	for (int i = 0; i < nr_real_cpus; i++)
-		CPU_SET(real_cpus[i], &set);
-	sched_setaffinity(0, sizeof(set), &set);
+	real_cpus_init();
 }
 
 static double now(void)
@@ -260,7 +237,7 @@ static void test_semantics(void)
 	CHECK_EQ(cur_allocs(), a0 + 1);
 	pcpu_counter_destroy_many(many, 4);
 	CHECK_EQ(cur_allocs(), a0);
-	unpin();
+	unpin_self();
 }
 
 /* An adaptive counter whose switch cannot allocate stays atomic, exact,

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "cpus.h"
 #include "internal.h"
 
 #if defined(__has_include)
@@ -56,8 +57,6 @@
 #define CHILD_TIMEOUT_MS 10000
 
 static long scale = 1;
-static int nr_real_cpus;
-static int real_cpus[CPU_SETSIZE];
 static volatile int stop_bg;
 static long bg_loops[NR_BG];
 static long bg_bad[NR_BG];
@@ -70,23 +69,6 @@ static uint64_t rng(uint64_t *s)
 	x ^= x >> 27;
 	*s = x;
 	return x * 0x2545f4914f6cdd1dULL;
-}
-
-static void pin_self(int cpu)
-{
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	sched_setaffinity(0, sizeof(set), &set);
-}
-
-static void unpin_self(void)
-{
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	for (int i = 0; i < nr_real_cpus; i++)
-		CPU_SET(real_cpus[i], &set);
-	sched_setaffinity(0, sizeof(set), &set);
 }
 
 static long now_ms(void)
@@ -261,11 +243,7 @@ int main(void)
 	const char *s = getenv("PCPU_TEST_SCALE");
 	if (s && !strcmp(s, "valgrind"))
 		scale = 50;
-	cpu_set_t set;
-	REQUIRE(sched_getaffinity(0, sizeof(set), &set) == 0);
-	for (int c = 0; c < CPU_SETSIZE; c++)
-		if (CPU_ISSET(c, &set))
-			real_cpus[nr_real_cpus++] = c;
+	real_cpus_init();
 	/* the balance worker is a thread too: none under TSan (set before
 	 * the first allocation starts it) */
 	if (PCPU_TEST_TSAN)

@@ -23,40 +23,17 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "cpus.h"
 #include "pcpu/pcpu.h"
 
 static long scale = 1;        /* divides iteration counts */
-static int nr_real_cpus;
-static int real_cpus[PCPU_MAX_CPUS];
 
 static void setup_scale(void)
 {
 	const char *s = getenv("PCPU_TEST_SCALE");
 	if (s && !strcmp(s, "valgrind"))
 		scale = 50;
-	cpu_set_t set;
-	REQUIRE(sched_getaffinity(0, sizeof(set), &set) == 0);
-	for (int c = 0; c < CPU_SETSIZE; c++)
-		if (CPU_ISSET(c, &set))
-			real_cpus[nr_real_cpus++] = c;
-	REQUIRE(nr_real_cpus > 0);
-}
-
-static void move_to(pid_t tid, int cpu)
-{
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	sched_setaffinity(tid, sizeof(set), &set);
-}
-
-static void unpin(void)
-{
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	for (int i = 0; i < nr_real_cpus; i++)
-		CPU_SET(real_cpus[i], &set);
-	sched_setaffinity(0, sizeof(set), &set);
+	real_cpus_init();
 }
 
 /* ---- the mode this run must be in ---- */
@@ -124,7 +101,7 @@ static void test_types(void)
 	pcpu_inc(w);
 	CHECK(pcpu_sum(w) == 0);
 	pcpu_free(w);
-	unpin();
+	unpin_self();
 }
 
 /* ---- the storm ---- */

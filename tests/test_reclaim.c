@@ -17,30 +17,12 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "cpus.h"
 #include "chunk.h"
 #include "internal.h"
 
 static long scale = 1;
-static int nr_cpus;
-static int cpus[PCPU_MAX_CPUS];
 static size_t page;
-
-static void pin(int cpu)
-{
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	sched_setaffinity(0, sizeof(set), &set);
-}
-
-static void unpin(void)
-{
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	for (int i = 0; i < nr_cpus; i++)
-		CPU_SET(cpus[i], &set);
-	sched_setaffinity(0, sizeof(set), &set);
-}
 
 /* ---- a population of areas with known values ---- */
 
@@ -56,18 +38,18 @@ static long nr_areas;
 /* Adds seed+i to word i of every area, on each real CPU in turn. */
 static void write_all(long from, long to)
 {
-	for (int k = 0; k < nr_cpus; k++) {
-		pin(cpus[k]);
+	for (int k = 0; k < nr_real_cpus; k++) {
+		pin_self(real_cpus[k]);
 		for (long i = from; i < to; i++)
 			if (areas[i].p)
 				for (size_t w = 0; w < areas[i].words; w++)
 					pcpu_add(&areas[i].p[w],
 						 areas[i].seed + (long)w);
 	}
-	unpin();
+	unpin_self();
 }
 
-/* Every live area sums to nr_cpus * (seed + w) in each word. */
+/* Every live area sums to nr_real_cpus * (seed + w) in each word. */
 static long check_all(void)
 {
 	long bad = 0;
@@ -75,7 +57,7 @@ static long check_all(void)
 		if (areas[i].p)
 			for (size_t w = 0; w < areas[i].words; w++)
 				bad += pcpu_sum(&areas[i].p[w]) !=
-				       (long)nr_cpus * (areas[i].seed + (long)w);
+				       (long)nr_real_cpus * (areas[i].seed + (long)w);
 	return bad;
 }
 
@@ -377,7 +359,7 @@ static void *worker(void *arg)
 	for (long i = 0; i < 40000 / scale; i++) {
 		int k = rand_r(&seed) % 64;
 		if (i % 500 == 0)
-			pin(cpus[rand_r(&seed) % nr_cpus]);
+			pin_self(real_cpus[rand_r(&seed) % nr_real_cpus]);
 		if (mine[k]) {
 			CHECK_EQ(pcpu_sum(mine[k]), val[k]);
 			if (rand_r(&seed) % 4 == 0) {
@@ -413,7 +395,7 @@ static void test_concurrent(void)
 		pthread_join(w[i], NULL);
 	__atomic_store_n(&stop, 1, __ATOMIC_RELEASE);
 	pthread_join(tr, NULL);
-	unpin();
+	unpin_self();
 	CHECK(pcpu_validate() == 0);
 	struct pcpu_stats st;
 	pcpu_stats_get(&st);
@@ -487,11 +469,7 @@ int main(void)
 	else if (PCPU_DEBUG >= 2)
 		scale = 2;
 	page = (size_t)sysconf(_SC_PAGESIZE);
-	cpu_set_t set;
-	sched_getaffinity(0, sizeof(set), &set);
-	for (int c = 0; c < CPU_SETSIZE; c++)
-		if (CPU_ISSET(c, &set))
-			cpus[nr_cpus++] = c;
+	real_cpus_init();
 	setenv("PCPU_BALANCE_INTERVAL_MS", "50", 0);
 	pcpu_init();
 

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "cpus.h"
 #include "pcpu/ref.h"
 
 #if defined(__SANITIZE_THREAD__)
@@ -46,8 +47,6 @@
 
 static long scale = 1; /* divides iteration counts */
 static bool sim;       /* simulated CPUs: threads act as them */
-static int nr_real_cpus;
-static int real_cpus[PCPU_MAX_CPUS];
 
 static void setup(void)
 {
@@ -60,20 +59,7 @@ static void setup(void)
 #endif
 	s = getenv("PCPU_SIM_POSSIBLE");
 	sim = s && *s;
-	cpu_set_t set;
-	REQUIRE(sched_getaffinity(0, sizeof(set), &set) == 0);
-	for (int c = 0; c < CPU_SETSIZE; c++)
-		if (CPU_ISSET(c, &set))
-			real_cpus[nr_real_cpus++] = c;
-	REQUIRE(nr_real_cpus > 0);
-}
-
-static void move_to(pid_t tid, int cpu)
-{
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	sched_setaffinity(tid, sizeof(set), &set);
+	real_cpus_init();
 }
 
 /* Moves the calling thread to another real CPU, or (simulation) makes it

@@ -1,0 +1,52 @@
+/*
+ * cpus.h - the real CPUs a test may run on, and moving threads between
+ * them (sched_setaffinity), shared by the tests that migrate threads.
+ */
+#ifndef PCPU_TESTS_CPUS_H
+#define PCPU_TESTS_CPUS_H
+
+#include <sched.h>
+#include <sys/types.h>
+
+#include "check.h"
+
+static int nr_real_cpus;
+static int real_cpus[CPU_SETSIZE];
+
+/* Learns the CPUs this process may run on (at least one). */
+static inline void real_cpus_init(void)
+{
+	cpu_set_t set;
+	REQUIRE(sched_getaffinity(0, sizeof(set), &set) == 0);
+	nr_real_cpus = 0;
+	for (int c = 0; c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, &set))
+			real_cpus[nr_real_cpus++] = c;
+	REQUIRE(nr_real_cpus > 0);
+}
+
+/* Pins thread @tid (0: the caller) to @cpu. */
+static inline void move_to(pid_t tid, int cpu)
+{
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	sched_setaffinity(tid, sizeof(set), &set);
+}
+
+static inline void pin_self(int cpu)
+{
+	move_to(0, cpu);
+}
+
+/* Lets the caller run on every real CPU again. */
+static inline void unpin_self(void)
+{
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	for (int i = 0; i < nr_real_cpus; i++)
+		CPU_SET(real_cpus[i], &set);
+	sched_setaffinity(0, sizeof(set), &set);
+}
+
+#endif
