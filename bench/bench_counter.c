@@ -300,79 +300,12 @@ static int accuracy_child(void)
 /* ------------------------------------------------------------------ */
 /* Cost of an add                                                      */
 
-static long iters;
 static _Alignas(64) struct pcpu_counter cnt; /* as counter.h advises */
-static long shared_counter __attribute__((aligned(CACHELINE)));
-struct padded {
-	long v;
-	char pad[CACHELINE - sizeof(long)];
-} __attribute__((aligned(CACHELINE)));
-static struct padded stripes[64];
-static __thread unsigned stripe_hint;
 
 static void op_counter(void)
 {
-	for (long i = 0; i < iters; i++)
+	for (long i = 0; i < bench_iters; i++)
 		pcpu_counter_add(&cnt, 1);
-}
-
-static void op_atomic(void)
-{
-	for (long i = 0; i < iters; i++)
-		__atomic_fetch_add(&shared_counter, 1, __ATOMIC_RELAXED);
-}
-
-/* LongAdder: CAS on a stripe; on a failed CAS move to another stripe. */
-static void op_striped(void)
-{
-	unsigned h = stripe_hint;
-	for (long i = 0; i < iters; i++) {
-		struct padded *s = &stripes[h % 64];
-		long v = __atomic_load_n(&s->v, __ATOMIC_RELAXED);
-		if (!__atomic_compare_exchange_n(&s->v, &v, v + 1, false,
-						 __ATOMIC_RELAXED,
-						 __ATOMIC_RELAXED)) {
-			h = h * 1103515245u + 12345u;
-			i--;
-		}
-	}
-	stripe_hint = h;
-}
-
-struct run {
-	void (*fn)(void);
-	int cpu;
-	pthread_barrier_t *bar;
-	double secs;
-};
-
-static void *runner(void *arg)
-{
-	struct run *r = arg;
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	CPU_SET(r->cpu, &set);
-	sched_setaffinity(0, sizeof(set), &set);
-	stripe_hint = (unsigned)r->cpu * 2654435761u;
-	pthread_barrier_wait(r->bar);
-	double t0 = bench_now();
-	r->fn();
-	r->secs = bench_now() - t0;
-	return NULL;
-}
-
-static int cpus[2];
-
-static void pick_cpus(void)
-{
-	cpu_set_t set;
-	int n = 0;
-	sched_getaffinity(0, sizeof(set), &set);
-	for (int c = 0; c < CPU_SETSIZE && n < 2; c++)
-		if (CPU_ISSET(c, &set))
-			cpus[n++] = c;
-	if (n < 2)
-		cpus[1] = cpus[0];
 }
 
 /*
@@ -381,43 +314,36 @@ static void pick_cpus(void)
  * starts as an atomic word each time), checked exact afterwards.
  */
 static bool sums_ok = true;
+static bool counter_failed;
+
+static void counter_before(void *arg)
+{
+	int flags = *(int *)arg;
+	if (flags >= 0 && pcpu_counter_init(&cnt, 0, (unsigned)flags))
+		counter_failed = true;
+}
+
+static void counter_after(void *arg, int nthreads)
+{
+	if (*(int *)arg < 0)
+		return;
+	if (pcpu_counter_sum(&cnt) != nthreads * bench_iters)
+		sums_ok = false;
+	pcpu_counter_destroy(&cnt);
+}
+
 static double measure(void (*fn)(void), int nthreads, int flags)
 {
-	double best = 1e30;
-	for (int rep = 0; rep < 3; rep++) {
-		pthread_t t[2];
-		struct run r[2];
-		pthread_barrier_t bar;
-		if (flags >= 0 && pcpu_counter_init(&cnt, 0, (unsigned)flags))
-			return -1;
-		pthread_barrier_init(&bar, NULL, (unsigned)nthreads);
-		for (int i = 0; i < nthreads; i++) {
-			r[i] = (struct run){ fn, cpus[i], &bar, 0 };
-			pthread_create(&t[i], NULL, runner, &r[i]);
-		}
-		double worst = 0;
-		for (int i = 0; i < nthreads; i++) {
-			pthread_join(t[i], NULL);
-			if (r[i].secs > worst)
-				worst = r[i].secs;
-		}
-		pthread_barrier_destroy(&bar);
-		if (flags >= 0) {
-			if (pcpu_counter_sum(&cnt) != nthreads * iters)
-				sums_ok = false;
-			pcpu_counter_destroy(&cnt);
-		}
-		double ns = worst * 1e9 / (double)iters;
-		if (ns < best)
-			best = ns;
-	}
-	return best;
+	counter_failed = false;
+	double ns = bench_measure(fn, nthreads, counter_before, counter_after,
+				  &flags);
+	return counter_failed ? -1 : ns;
 }
 
 static void setup_cost(void)
 {
-	iters = bench_quick ? 1000000 : 20000000;
-	pick_cpus();
+	bench_iters = bench_quick ? 1000000 : 20000000;
+	bench_pick_cpus();
 }
 
 /* Child: "ns1 ns2 path" for the default counter in this process's mode. */
@@ -446,7 +372,7 @@ static void cost_table(void)
 					    "ns/add 2 thr",
 					    "atomic/this (2 thr)" };
 	setup_cost();
-	double a1 = measure(op_atomic, 1, -1), a2 = measure(op_atomic, 2, -1);
+	double a1 = measure(bench_op_atomic, 1, -1), a2 = measure(bench_op_atomic, 2, -1);
 	double d1 = measure(op_counter, 1, PCPU_COUNTER_EAGER);
 	double d2 = measure(op_counter, 2, PCPU_COUNTER_EAGER);
 	double p1 = measure(op_counter, 1,
@@ -456,7 +382,7 @@ static void cost_table(void)
 	double ad1 = measure(op_counter, 1, 0), ad2 = measure(op_counter, 2, 0);
 	double at1 = measure(op_counter, 1, PCPU_COUNTER_ATOMIC);
 	double at2 = measure(op_counter, 2, PCPU_COUNTER_ATOMIC);
-	double s1 = measure(op_striped, 1, -1), s2 = measure(op_striped, 2, -1);
+	double s1 = measure(bench_op_striped, 1, -1), s2 = measure(bench_op_striped, 2, -1);
 
 	bench_table("counter", "ns per add (best of 3), threads pinned to CPUs",
 		    4, cols);
@@ -486,7 +412,7 @@ static void cost_table(void)
 	cost_row("LongAdder-style striped CAS", s1, s2, a2);
 	bench_note("%ld adds per thread per run on CPUs %d and %d; every "
 		   "counter's sum exact: %s",
-		   iters, cpus[0], cpus[1], sums_ok ? "yes" : "NO");
+		   bench_iters, bench_cpus[0], bench_cpus[1], sums_ok ? "yes" : "NO");
 	bench_note("no target for adds here (bench ops has pcpu_add's); the "
 		   "default add folds every 32 unit adds: 3 atomics on the "
 		   "counter's second line");

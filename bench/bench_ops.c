@@ -21,24 +21,15 @@
 #include "bench.h"
 #include "pcpu/pcpu.h"
 
-#define CACHELINE 64
-
-static long iters;
 static long *pcounter;
-static long shared_counter __attribute__((aligned(CACHELINE)));
 static __thread long tl_counter;
-
-struct padded {
+static struct {
 	long v;
-	char pad[CACHELINE - sizeof(long)];
-} __attribute__((aligned(CACHELINE)));
-static struct padded stripes[64];
-static struct padded cpu_slots[PCPU_MAX_CPUS];
-static __thread unsigned stripe_hint;
+} __attribute__((aligned(64))) cpu_slots[PCPU_MAX_CPUS];
 
 static void op_floor(void)
 {
-	for (long i = 0; i < iters; i++) {
+	for (long i = 0; i < bench_iters; i++) {
 		tl_counter++;
 		__asm__ __volatile__("" ::: "memory");
 	}
@@ -46,107 +37,26 @@ static void op_floor(void)
 
 static void op_pcpu(void)
 {
-	for (long i = 0; i < iters; i++)
+	for (long i = 0; i < bench_iters; i++)
 		pcpu_add(pcounter, 1L);
-}
-
-static void op_atomic(void)
-{
-	for (long i = 0; i < iters; i++)
-		__atomic_fetch_add(&shared_counter, 1, __ATOMIC_RELAXED);
-}
-
-/* LongAdder: CAS on a stripe; on a failed CAS move to another stripe. */
-static void op_striped(void)
-{
-	unsigned h = stripe_hint;
-	for (long i = 0; i < iters; i++) {
-		struct padded *s = &stripes[h % 64];
-		long v = __atomic_load_n(&s->v, __ATOMIC_RELAXED);
-		if (!__atomic_compare_exchange_n(&s->v, &v, v + 1, false,
-						 __ATOMIC_RELAXED,
-						 __ATOMIC_RELAXED)) {
-			h = h * 1103515245u + 12345u;
-			i--;
-		}
-	}
-	stripe_hint = h;
 }
 
 static void op_getcpu(void)
 {
-	for (long i = 0; i < iters; i++)
+	for (long i = 0; i < bench_iters; i++)
 		__atomic_fetch_add(&cpu_slots[sched_getcpu()].v, 1,
 				   __ATOMIC_RELAXED);
 }
 
-struct run {
-	void (*fn)(void);
-	int cpu;
-	pthread_barrier_t *bar;
-	double secs;
-};
-
-static void *runner(void *arg)
-{
-	struct run *r = arg;
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	CPU_SET(r->cpu, &set);
-	sched_setaffinity(0, sizeof(set), &set);
-	stripe_hint = (unsigned)r->cpu * 2654435761u;
-	pthread_barrier_wait(r->bar);
-	double t0 = bench_now();
-	r->fn();
-	r->secs = bench_now() - t0;
-	return NULL;
-}
-
-static int cpus[2];
-
-/* Best of 3: ns per op per thread, for @nthreads threads. */
 static double measure(void (*fn)(void), int nthreads)
 {
-	double best = 1e30;
-	for (int rep = 0; rep < 3; rep++) {
-		pthread_t t[2];
-		struct run r[2];
-		pthread_barrier_t bar;
-		pthread_barrier_init(&bar, NULL, (unsigned)nthreads);
-		for (int i = 0; i < nthreads; i++) {
-			r[i] = (struct run){ fn, cpus[i], &bar, 0 };
-			pthread_create(&t[i], NULL, runner, &r[i]);
-		}
-		double worst = 0;
-		for (int i = 0; i < nthreads; i++) {
-			pthread_join(t[i], NULL);
-			if (r[i].secs > worst)
-				worst = r[i].secs;
-		}
-		pthread_barrier_destroy(&bar);
-		double ns = worst * 1e9 / (double)iters;
-		if (ns < best)
-			best = ns;
-	}
-	return best;
-}
-
-static void pick_cpus(void)
-{
-	cpu_set_t set;
-	int n = 0;
-	sched_getaffinity(0, sizeof(set), &set);
-	for (int c = 0; c < CPU_SETSIZE && n < 2; c++)
-		if (CPU_ISSET(c, &set))
-			cpus[n++] = c;
-	if (n < 2)
-		cpus[1] = cpus[0];
+	return bench_measure(fn, nthreads, NULL, NULL, NULL);
 }
 
 static void setup(void)
 {
-	iters = bench_quick ? 2000000 : 50000000;
-	pick_cpus();
+	bench_iters = bench_quick ? 2000000 : 50000000;
+	bench_pick_cpus();
 	pcounter = pcpu_alloc(sizeof(long), 0);
 }
 
@@ -197,12 +107,12 @@ int bench_ops(int argc, char **argv)
 		return child();
 	setup();
 	double f1 = measure(op_floor, 1), f2 = measure(op_floor, 2);
-	double a1 = measure(op_atomic, 1), a2 = measure(op_atomic, 2);
+	double a1 = measure(bench_op_atomic, 1), a2 = measure(bench_op_atomic, 2);
 	double p1 = measure(op_pcpu, 1), p2 = measure(op_pcpu, 2);
-	double s1 = measure(op_striped, 1), s2 = measure(op_striped, 2);
+	double s1 = measure(bench_op_striped, 1), s2 = measure(bench_op_striped, 2);
 	double g1 = measure(op_getcpu, 1), g2 = measure(op_getcpu, 2);
 	long sum = pcpu_sum(pcounter);
-	long want = 3 * 3 * iters; /* 3 reps x (1 + 2 threads) */
+	long want = 3 * 3 * bench_iters; /* 3 reps x (1 + 2 threads) */
 
 	static const char *const cols[] = { "method", "ns/op 1 thr",
 					    "ns/op 2 thr", "x floor (1 thr)",
@@ -222,7 +132,7 @@ int bench_ops(int argc, char **argv)
 	row("LongAdder-style striped CAS", s1, s2, f1, a2);
 	row("sched_getcpu + atomic add", g1, g2, f1, a2);
 	bench_note("%ld iterations per thread per run; pcpu_sum %s (%ld)",
-		   iters, sum == want ? "exact" : "WRONG", sum);
+		   bench_iters, sum == want ? "exact" : "WRONG", sum);
 	bench_note("target: pcpu_add <= 1.5x floor with 1 thread: %.2fx %s",
 		   p1 / f1, p1 / f1 <= 1.5 ? "met" : "NOT MET");
 	bench_note("target: pcpu_add >= 5x faster than the shared atomic with 2 threads: %.1fx %s",
