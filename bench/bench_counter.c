@@ -207,7 +207,7 @@ static int accuracy_child(void)
 		int plus_in_4;
 	} patterns[] = { { "grow", 3 }, { "churn", 2 } };
 	static const char *const cols[] = { "pattern", "k", "method",
-					    "max |read-exact| MiB",
+					    "max abs(read-exact) MiB",
 					    "stated bound MiB",
 					    "linux/this" };
 	int64_t worst[NR_METHODS] = { 0 };
