@@ -67,7 +67,7 @@ check-fuzz: deps-check
 	@for f in tests/fuzz/fuzz_*.c; do \
 		n=$$(basename $$f .c); \
 		clang -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined \
-			-Iinclude -Isrc $$f src/*.c -lpthread \
+			-Iinclude -Isrc $$f src/*.c -lurcu-memb -lpthread \
 			-o $(BUILD)/fuzz/$$n || exit 1; \
 		echo "fuzz: $$n for $(FUZZ_SECS)s"; \
 		$(BUILD)/fuzz/$$n -max_total_time=$(FUZZ_SECS) \
@@ -83,7 +83,10 @@ check-aarch64: deps-check
 			-Wno-unused-parameter -Iinclude -Isrc -Itests -c $$f \
 			-o $(BUILD)/aarch64/$$(basename $$f .c).o || exit 1; \
 	done
-	@echo "aarch64: every source compiles"
+	@aarch64-linux-gnu-gcc -std=gnu11 -O2 -Iinclude -Isrc \
+		tests/link/far_text.c src/*.c -lpthread \
+		-o $(BUILD)/aarch64/far_text
+	@echo "aarch64: every source compiles; a 4 MiB program links"
 
 # Install into a scratch prefix and build a consumer with pkg-config and
 # with find_package(pcpu).

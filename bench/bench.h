@@ -45,9 +45,26 @@ int bench_reexec_capture(const char *const env[], const char *const args[],
 /* Resident set of this process in bytes (VmRSS), for cross-checks. */
 long bench_vmrss(void);
 
+/* harness.c: @fn runs bench_iters operations; bench_measure starts it on
+ * @nthreads (1 or 2) threads pinned to bench_cpus (bench_pick_cpus), best
+ * of 3 runs, and returns ns per operation per thread; @before/@after (may
+ * be NULL) run around each run, @after with the thread count. */
+extern long bench_iters;
+extern int bench_cpus[2];
+void bench_pick_cpus(void);
+double bench_measure(void (*fn)(void), int nthreads,
+		     void (*before)(void *), void (*after)(void *, int),
+		     void *arg);
+void bench_op_atomic(void);  /* one shared atomic counter */
+void bench_op_striped(void); /* LongAdder-style striped CAS */
+
 /* Subcommands. */
 int bench_ops(int argc, char **argv);
 int bench_alloc(int argc, char **argv);
 int bench_mem(int argc, char **argv);
+int bench_counter(int argc, char **argv);
+int bench_reclaim(int argc, char **argv);
+int bench_hotplug(int argc, char **argv);
+int bench_cache(int argc, char **argv);
 
 #endif

@@ -28,6 +28,10 @@ static const struct {
 	{ "ops", bench_ops, "this-CPU operations vs the floor and the usual alternatives" },
 	{ "alloc", bench_alloc, "allocator scenarios of the kernel's bitmap allocator series" },
 	{ "mem", bench_mem, "memory with 1024 possible CPUs, against the kernel model" },
+	{ "reclaim", bench_reclaim, "giving memory back: 1M areas, 99% freed, trim" },
+	{ "counter", bench_counter, "per-CPU counters: accuracy on 250 simulated CPUs, cost" },
+	{ "hotplug", bench_hotplug, "the RFC's 1024-possible/16-online table; a CPU coming online" },
+	{ "cache", bench_cache, "per-CPU object caches: alloc+free pairs, seed 002's processes, targeted drains" },
 };
 #define NR_BENCHES (sizeof(benches) / sizeof(benches[0]))
 

@@ -107,7 +107,12 @@ static void *worker_main(void *arg)
 			_pcpu_counters.pressure_events++;
 			pthread_mutex_unlock(&_pcpu_alloc_lock);
 		}
+		/* idle caches; under pressure every cache and empty pageset,
+		 * before depopulating */
+		_pcpu_cache_tick(pressure);
 		_pcpu_reclaim_pass(pressure, grow);
+		/* CPUs that came or went, memory of CPUs waiting for frees */
+		_pcpu_hotplug_tick();
 		/* Rate limit: frees may kick at any pace, but reclaiming in
 		 * the middle of a burst of frees only competes with it (the
 		 * lock, TLB shootdowns of madvise).  Kicks that arrive
@@ -135,8 +140,9 @@ static void stop_worker(void)
 	struct timespec until;
 	clock_gettime(CLOCK_REALTIME, &until);
 	until.tv_sec += 1;
+	/* never restarted at exit: later frees only kick a dead worker */
 	if (pthread_timedjoin_np(worker_thread, NULL, &until) == 0)
-		worker_state = 0;
+		__atomic_store_n(&worker_state, -1, __ATOMIC_RELEASE);
 }
 
 /* Context: worker_lock held. */
@@ -195,11 +201,9 @@ void _pcpu_balance_start(void)
 	pthread_mutex_unlock(&worker_lock);
 }
 
-void _pcpu_balance_kick(bool grow)
+/* Wakes a running worker; async-signal-safe (an eventfd write). */
+static void wake_worker(void)
 {
-	if (grow)
-		__atomic_store_n(&grow_pending, 1, __ATOMIC_RELEASE);
-	_pcpu_balance_start();
 	if (__atomic_load_n(&worker_state, __ATOMIC_ACQUIRE) != 1)
 		return;
 	if (!__atomic_exchange_n(&kick_pending, 1, __ATOMIC_ACQ_REL)) {
@@ -207,6 +211,23 @@ void _pcpu_balance_kick(bool grow)
 		ssize_t r = write(wake_fd, &one, sizeof(one));
 		(void)r;
 	}
+}
+
+void _pcpu_balance_kick(bool grow)
+{
+	if (grow)
+		__atomic_store_n(&grow_pending, 1, __ATOMIC_RELEASE);
+	_pcpu_balance_start();
+	wake_worker();
+}
+
+/* From pcpu_alloc_nonblock: never starts the worker (that creates a
+ * thread and maps its stack); a worker that is not running grows the
+ * reserve when it starts, or the next blocking allocation does. */
+void _pcpu_balance_kick_nonblock(void)
+{
+	__atomic_store_n(&grow_pending, 1, __ATOMIC_RELEASE);
+	wake_worker();
 }
 
 void _pcpu_balance_atfork_child(void)
@@ -227,12 +248,15 @@ int pcpu_balance(void)
 {
 	_pcpu_ensure_init();
 	bool grow = __atomic_exchange_n(&grow_pending, 0, __ATOMIC_ACQ_REL);
+	_pcpu_cache_tick(false);
 	_pcpu_reclaim_pass(false, grow);
+	_pcpu_hotplug_tick();
 	return 0;
 }
 
 int pcpu_trim(void)
 {
 	_pcpu_ensure_init();
+	pcpu_drain(PCPU_DRAIN_PAGES); /* cached objects hold whole pages */
 	return _pcpu_reclaim_pass(true, false) ? 1 : 0;
 }

@@ -436,6 +436,9 @@ static uint32_t alloc_args(size_t size, size_t *align)
 
 void *pcpu_alloc(size_t size, size_t align)
 {
+	void *obj;
+	if (size - 1 < PCPU_CACHE_MAX_SIZE && _pcpu_cache_alloc(size, align, &obj))
+		return obj; /* a size class (cache.c) */
 	uint32_t bits = alloc_args(size, &align);
 	if (!bits)
 		return NULL;
@@ -492,7 +495,7 @@ void *pcpu_alloc_nonblock(size_t size, size_t align)
 	}
 	pthread_mutex_unlock(&_pcpu_alloc_lock);
 	if (!p) {
-		_pcpu_balance_kick(true); /* reserve a chunk for next time */
+		_pcpu_balance_kick_nonblock(); /* reserve a chunk for later */
 		errno = EAGAIN;
 	}
 	return p;
@@ -560,6 +563,8 @@ void pcpu_free(void *p)
 
 	if (!p)
 		return;
+	if (_pcpu_cache_free(p))
+		return; /* an object of a pageset (cache.c) */
 	_pcpu_ensure_init();
 	pthread_mutex_lock(&_pcpu_alloc_lock);
 	struct pcpu_chunk *c = area_lookup(p, &off, &why);
@@ -588,6 +593,55 @@ void pcpu_free(void *p)
 		_pcpu_balance_kick(false);
 }
 
+/* Pages the pagesets hold (cache.c): areas in the maps, not allocations
+ * in the counters. */
+static uint64_t pageset_pages;
+
+void *_pcpu_chunk_page_get(void)
+{
+	uint32_t bits = (uint32_t)(_pcpu_g.page_size / 4);
+	for (;;) {
+		void *p = alloc_from_slots(bits, bits);
+		if (p) {
+			pageset_pages++;
+			return p;
+		}
+		pthread_mutex_unlock(&_pcpu_alloc_lock);
+		struct pcpu_chunk *c = _pcpu_chunk_create();
+		pthread_mutex_lock(&_pcpu_alloc_lock);
+		if (!c)
+			return NULL; /* errno ENOMEM */
+		if (_pcpu_chunk_install(c)) {
+			pthread_mutex_unlock(&_pcpu_alloc_lock);
+			_pcpu_chunk_destroy(c);
+			pthread_mutex_lock(&_pcpu_alloc_lock);
+			errno = ENOMEM;
+			return NULL;
+		}
+	}
+}
+
+bool _pcpu_chunk_page_put(void *page)
+{
+	uint32_t off = 0;
+	const char *why;
+	struct pcpu_chunk *c = area_lookup(page, &off, &why);
+	if (!c)
+		_pcpu_fatal("pageset page %p is not an area", page);
+	uint32_t bits = _pcpu_areamap_size(&c->map, off);
+	_pcpu_hotplug_area_freed(page);
+	area_zero(c, off, bits);
+	_pcpu_areamap_free(&c->map, off);
+	c->nofit_bits = 0;
+	c->nr_alloc--;
+	if (c->state == PCPU_CHUNK_SIDELINED && !c->nr_alloc)
+		_pcpu_chunk_reintegrate(c);
+	slot_update(c);
+	pages_sync_range(c, off, bits);
+	pageset_pages--;
+	return _pcpu_reclaim_note_free(c);
+}
+
 size_t pcpu_alloc_size(const void *p)
 {
 	uint32_t off = 0;
@@ -598,6 +652,8 @@ size_t pcpu_alloc_size(const void *p)
 		errno = EINVAL;
 		return 0;
 	}
+	if (_pcpu_cache_alloc_size(p, &size))
+		return size; /* an object of a pageset (cache.c) */
 	_pcpu_ensure_init();
 	pthread_mutex_lock(&_pcpu_alloc_lock);
 	struct pcpu_chunk *c = area_lookup(p, &off, &why);
@@ -607,21 +663,6 @@ size_t pcpu_alloc_size(const void *p)
 	if (!c)
 		errno = EINVAL;
 	return size;
-}
-
-int _pcpu_chunks_discard_index(int idx)
-{
-	int ret = 0;
-	pthread_mutex_lock(&_pcpu_alloc_lock);
-	for (size_t i = 0; i < _pcpu_nr_chunks; i++) {
-		struct pcpu_chunk *c = _pcpu_chunks[i];
-		int r = _pcpu_os_discard(c->base + (size_t)idx * _pcpu_g.unit_size,
-					 _pcpu_g.unit_size);
-		if (r && !ret)
-			ret = r;
-	}
-	pthread_mutex_unlock(&_pcpu_alloc_lock);
-	return ret;
 }
 
 size_t pcpu_alloc_max(void)
@@ -771,6 +812,9 @@ int _pcpu_validate_locked(void)
 				"counts differ\n");
 		return -EUCLEAN;
 	}
+	/* the pagesets' pages are areas but not allocations */
+	nr -= pageset_pages;
+	live -= pageset_pages * _pcpu_g.page_size;
 	if (nr != _pcpu_counters.nr_cur_alloc ||
 	    live != _pcpu_counters.live_bytes ||
 	    _pcpu_nr_chunks != _pcpu_counters.nr_chunks) {
@@ -785,7 +829,7 @@ int _pcpu_validate_locked(void)
 			(unsigned long long)_pcpu_counters.nr_chunks);
 		return -EUCLEAN;
 	}
-	return 0;
+	return _pcpu_cache_validate_locked();
 }
 
 int pcpu_validate(void)

@@ -21,11 +21,19 @@
  * flight has then committed or aborted, and a section that starts later
  * sees pcpu__ok[idx] == 0 inside itself and aborts.
  *
- * Readiness: an index becomes "used" the first time an operation runs on
- * it (bits in _pcpu_g.used only ever get set, under cpu_lock, with release
- * stores), and only then may its units be written.  So a CPU that never
- * runs the program has its pages neither backed nor read, and pcpu_sum
- * and pcpu_free touch only used indexes.
+ * Readiness (hotplug.c): an index becomes "ready" the first time an
+ * operation runs on it and it can be brought up (its units set up, the
+ * online callbacks run), and only then may CPU-indexed operations write
+ * its copies; an index that is not ready sends them to the shared slot.
+ * Ready indexes are "used" (_pcpu_g.used): their copies count.  So a CPU
+ * that never runs the program has its pages neither backed nor read, and
+ * pcpu_sum and pcpu_free touch only used indexes.  The slow paths here ask
+ * hotplug.c for the index (_pcpu_hotplug_enter) and, in the atomic path,
+ * do their atomic write inside the gate it hands out, so that a CPU being
+ * taken down waits for writes already committed to its copies.
+ *
+ * Locks: init_lock, then hotplug.c's (hotplug mutex, unit lock), then
+ * cpu_lock (pcpu__ok[], the path, thread ids), then the allocator's.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -46,10 +54,11 @@
 extern const ptrdiff_t __rseq_offset __attribute__((weak));
 extern const unsigned int __rseq_size __attribute__((weak));
 
-_Static_assert(PCPU_MAX_CPUS == 8192, "pcpu__ok[] in ops.h is sized 8192");
+_Static_assert(PCPU__OK_SIZE == 2 * PCPU_MAX_CPUS,
+	       "pcpu__ok[] in ops.h: an upper half that stays 0");
 
 struct pcpu__fast pcpu__fast;
-unsigned char pcpu__ok[PCPU_MAX_CPUS];
+unsigned char pcpu__ok[PCPU__OK_SIZE];
 struct pcpu_global _pcpu_g;
 
 #define PCPU_UNIT_SIZE ((size_t)1 << 20)
@@ -106,18 +115,23 @@ static unsigned int rseq_feature_size(void)
 	return size;
 }
 
-/* Lock order: init_lock, cpu_lock, then the allocator's locks. */
+/* Lock order: init_lock, hotplug's unit lock, cpu_lock, the allocator's
+ * locks, hotplug's init table lock. */
 static void atfork_prepare(void)
 {
 	pthread_mutex_lock(&init_lock);
+	_pcpu_hotplug_atfork_prepare();
 	pthread_mutex_lock(&cpu_lock);
 	_pcpu_chunk_atfork_prepare();
+	_pcpu_hotplug_atfork_prepare_late();
 }
 
 static void atfork_parent(void)
 {
+	_pcpu_hotplug_atfork_parent_early();
 	_pcpu_chunk_atfork_parent();
 	pthread_mutex_unlock(&cpu_lock);
+	_pcpu_hotplug_atfork_parent();
 	pthread_mutex_unlock(&init_lock);
 }
 
@@ -125,6 +139,7 @@ static void atfork_child(void)
 {
 	_pcpu_chunk_atfork_child();
 	pthread_mutex_unlock(&cpu_lock);
+	_pcpu_hotplug_atfork_child();
 	pthread_mutex_unlock(&init_lock);
 	_pcpu_os_atfork_child();
 }
@@ -205,6 +220,7 @@ void _pcpu_init_slow(void)
 						 ? PCPU_RSEQ_MM_CID_OFFSET
 						 : PCPU_RSEQ_CPU_ID_OFFSET);
 		pcpu__fast.cs_tpoff = __rseq_offset + PCPU_RSEQ_CS_OFFSET;
+		pcpu__fast.cpu_tpoff = __rseq_offset + PCPU_RSEQ_CPU_ID_OFFSET;
 		__atomic_store_n(&pcpu__fast.nr, (unsigned int)_pcpu_g.nr_ids,
 				 __ATOMIC_RELEASE);
 		if (_pcpu_g.rseq_feature_size >= 28) {
@@ -215,6 +231,7 @@ void _pcpu_init_slow(void)
 					 __ATOMIC_RELEASE);
 		}
 	}
+	_pcpu_hotplug_init();
 	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 	const char *st = getenv("PCPU_STATS");
 	if (st && *st && strcmp(st, "0"))
@@ -314,31 +331,26 @@ int pcpu_sim_set_cpu(int cpu)
 	return 0;
 }
 
-/* Marks @idx used; after this its copies may be written. */
-static void make_used(int idx)
+bool _pcpu_cpu_ok_set(int idx, bool on)
 {
+	/* The atomic path is for good and keeps pcpu__ok[] all zero: no
+	 * lock then (operations may call this from a signal handler). */
+	if (__atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE) != PCPU_PATH_RSEQ)
+		return false;
 	pthread_mutex_lock(&cpu_lock);
-	uint64_t bit = (uint64_t)1 << (idx % 64);
-	if (!(_pcpu_g.used.bits[idx / 64] & bit)) {
-		__atomic_fetch_or(&_pcpu_g.used.bits[idx / 64], bit,
-				  __ATOMIC_RELEASE);
-		if (_pcpu_g.path == PCPU_PATH_RSEQ && idx < _pcpu_g.nr_ids)
-			__atomic_store_n(&pcpu__ok[idx], 1, __ATOMIC_RELEASE);
-	}
+	bool rseq = _pcpu_g.path == PCPU_PATH_RSEQ;
+	if (idx >= 0 && idx < _pcpu_g.nr_ids)
+		__atomic_store_n(&pcpu__ok[idx], on && rseq, __ATOMIC_SEQ_CST);
 	pthread_mutex_unlock(&cpu_lock);
+	return rseq;
 }
 
-static bool is_used(int idx)
-{
-	return (__atomic_load_n(&_pcpu_g.used.bits[idx / 64],
-				__ATOMIC_ACQUIRE) >>
-		(idx % 64)) & 1;
-}
-
+/* For writers that are not indexed by CPU (pcpu_ref's atomic route): the
+ * unit of @idx is set up and kept; see _pcpu_hotplug_other. */
 void _pcpu_index_make_used(int idx)
 {
-	if (idx >= 0 && idx <= _pcpu_g.nr_ids && !is_used(idx))
-		make_used(idx);
+	if (idx >= 0 && idx <= _pcpu_g.nr_ids)
+		_pcpu_hotplug_other(idx);
 }
 
 /* The calling thread's raw index (may be out of range). */
@@ -348,6 +360,12 @@ static int raw_index(void)
 		return tls_sim_cpu;
 	volatile int32_t *rs = _pcpu_g.rseq ? rseq_area() : NULL;
 	int idx;
+	/* A thread without rseq registration (raw clone, registration
+	 * failed) on the rseq path: its writes must not touch a copy that
+	 * sections of other threads commit to with plain stores. */
+	if (!rs && _pcpu_g.rseq &&
+	    __atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE) == PCPU_PATH_RSEQ)
+		return -1; /* the shared slot */
 	if (rs && _pcpu_g.index_mode == PCPU_INDEX_CID)
 		idx = rs[PCPU_RSEQ_MM_CID_OFFSET / 4];
 	else if (rs)
@@ -359,21 +377,6 @@ static int raw_index(void)
 	return idx;
 }
 
-/*
- * slow_index - the index the slow path operates on, made used.
- * Returns an index < nr_ids, or nr_ids for the shared slot (an index the
- * library cannot use).
- */
-static int slow_index(void)
-{
-	_pcpu_ensure_init();
-	int idx = raw_index();
-	if (idx < 0 || idx >= _pcpu_g.nr_ids)
-		idx = _pcpu_g.nr_ids;
-	if (!is_used(idx))
-		make_used(idx);
-	return idx;
-}
 
 /*
  * Thread indexes: a compact id per live thread (the lowest free one),
@@ -418,22 +421,26 @@ static int thread_index(void)
 	return idx;
 }
 
+/*
+ * By mm_cid (rseq path): the index is usable while it is ready, like a
+ * CPU's (its slots are written by rseq commits that check pcpu__ok[] and
+ * are folded when it is taken down); otherwise the shared slot.  By
+ * thread id: the unit is set up for other writers and kept.
+ */
 int pcpu__cid_slow_index(void)
 {
 	_pcpu_ensure_init();
-	int idx = -1;
+	int ticket;
 	if (__atomic_load_n(&pcpu__fast.cid_nr, __ATOMIC_ACQUIRE)) {
 		volatile int32_t *rs = rseq_area();
-		if (rs)
-			idx = rs[PCPU_RSEQ_MM_CID_OFFSET / 4];
+		if (!rs) /* not registered: slots indexed by mm_cid are
+			    committed with plain stores by others */
+			return _pcpu_hotplug_enter(-1, false, &ticket);
+		int idx = rs[PCPU_RSEQ_MM_CID_OFFSET / 4];
+		if (idx >= 0)
+			return _pcpu_hotplug_enter(idx, false, &ticket);
 	}
-	if (idx < 0)
-		idx = thread_index();
-	if (idx >= _pcpu_g.nr_ids)
-		idx = _pcpu_g.nr_ids;
-	if (!is_used(idx))
-		make_used(idx);
-	return idx;
+	return _pcpu_hotplug_other(thread_index());
 }
 
 bool pcpu__cid_rseq(int idx)
@@ -442,54 +449,81 @@ bool pcpu__cid_rseq(int idx)
 	       __atomic_load_n(&pcpu__fast.cid_nr, __ATOMIC_ACQUIRE) != 0;
 }
 
+/* The calling thread's CPU when libpcpu can index it now (made ready if
+ * need be), else the shared slot pcpu_nr_cpu_ids(). */
 int pcpu_this_cpu(void)
 {
 	_pcpu_ensure_init();
-	int idx = raw_index();
-	return idx < 0 || idx >= _pcpu_g.nr_ids ? _pcpu_g.nr_ids : idx;
+	int ticket;
+	return _pcpu_hotplug_enter(raw_index(), false, &ticket);
 }
 
-/* True when the slow path must change @idx's copy with an rseq commit. */
-static bool rseq_owned(int idx)
+/*
+ * slow_enter - the index a slow-path write uses now.  *@rseq: commit with
+ * an rseq section (a ready CPU on the rseq path, pcpu__ok[] set); else an
+ * atomic write, between _pcpu_hotplug_enter and _pcpu_hotplug_exit(idx,
+ * *@ticket) (the gate of a CPU on the atomic path).
+ */
+static int slow_enter(bool *rseq, int *ticket)
 {
-	return idx < _pcpu_g.nr_ids &&
-	       __atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE) ==
-		       PCPU_PATH_RSEQ;
+	_pcpu_ensure_init();
+	*rseq = __atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE) ==
+		PCPU_PATH_RSEQ;
+	int idx = _pcpu_hotplug_enter(raw_index(), !*rseq, ticket);
+	if (*rseq && (idx >= _pcpu_g.nr_ids ||
+		      !__atomic_load_n(&pcpu__ok[idx], __ATOMIC_ACQUIRE))) {
+		/* the shared slot, or a CPU between ready and ok: atomics on
+		 * the shared slot, which no section writes */
+		*rseq = false;
+		idx = _pcpu_hotplug_enter(-1, false, ticket);
+	}
+	return idx;
 }
 
 #define PCPU__DEFINE_SLOW(W)                                                   \
 	void pcpu__add_slow##W(void *p, uint##W##_t v)                         \
 	{                                                                      \
 		for (;;) {                                                     \
-			int idx = slow_index();                                \
+			bool rs;                                               \
+			int t, idx = slow_enter(&rs, &t);                      \
 			uint##W##_t *q = pcpu__copy(p, idx);                   \
-			if (!rseq_owned(idx)) {                                \
+			if (!rs) {                                             \
 				__atomic_fetch_add(q, v, __ATOMIC_RELAXED);    \
+				_pcpu_hotplug_exit(idx, t);                    \
 				return;                                        \
 			}                                                      \
-			if (pcpu__arch_add##W(q, v, idx, pcpu__fast.idx_tpoff) == 0)                 \
+			if (pcpu__arch_add##W(q, v, idx,                       \
+					      pcpu__fast.idx_tpoff) == 0)      \
 				return;                                        \
 		}                                                              \
 	}                                                                      \
 	void pcpu__write_slow##W(void *p, uint##W##_t v)                       \
 	{                                                                      \
 		for (;;) {                                                     \
-			int idx = slow_index();                                \
+			bool rs;                                               \
+			int t, idx = slow_enter(&rs, &t);                      \
 			uint##W##_t *q = pcpu__copy(p, idx);                   \
-			if (!rseq_owned(idx)) {                                \
+			if (!rs) {                                             \
 				__atomic_store_n(q, v, __ATOMIC_RELAXED);      \
+				_pcpu_hotplug_exit(idx, t);                    \
 				return;                                        \
 			}                                                      \
-			if (pcpu__arch_write##W(q, v, idx,                       \
-						 pcpu__fast.idx_tpoff) == 0)               \
+			if (pcpu__arch_write##W(q, v, idx,                     \
+						pcpu__fast.idx_tpoff) == 0)    \
 				return;                                        \
 		}                                                              \
 	}                                                                      \
 	uint##W##_t pcpu__read_slow##W(const void *p)                          \
 	{                                                                      \
-		int idx = slow_index();                                        \
-		return __atomic_load_n((const uint##W##_t *)pcpu__copy(p, idx), \
-				       __ATOMIC_RELAXED);                      \
+		_pcpu_ensure_init();                                           \
+		bool rs = __atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE) ==  \
+			  PCPU_PATH_RSEQ;                                      \
+		int t, idx = _pcpu_hotplug_enter(raw_index(), !rs, &t);        \
+		uint##W##_t v = __atomic_load_n(                               \
+			(const uint##W##_t *)pcpu__copy(p, idx),               \
+			__ATOMIC_RELAXED);                                     \
+		_pcpu_hotplug_exit(idx, t);                                    \
+		return v;                                                      \
 	}                                                                      \
 	uint##W##_t pcpu__sum##W(const void *p)                                \
 	{                                                                      \

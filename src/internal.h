@@ -312,6 +312,7 @@ void _pcpu_chunk_atfork_child(void);
  * reserve room for non-blocking allocations.  Cheap when nothing is to
  * do: one load. */
 void _pcpu_balance_kick(bool grow);
+void _pcpu_balance_kick_nonblock(void);
 /* Starts the worker lazily, without waking it. */
 void _pcpu_balance_start(void);
 void _pcpu_balance_atfork_child(void);
@@ -334,7 +335,8 @@ void _pcpu_counter_fold_index(int idx, unsigned int which);
 /*
  * Lock order (docs/DESIGN.md, "Hotplug"): hotplug mutex (callbacks run
  * with only it held), unit lock (hotplug.c: unit states, used bits), cpu
- * lock (cpu.c: pcpu__ok[], path, thread ids), allocator lock.
+ * lock (cpu.c: pcpu__ok[], path, thread ids), allocator lock, init table
+ * lock (hotplug.c; taken alone by fills and cache.c's frees).
  *
  * An index is *ready* when CPU-indexed operations may write its copies;
  * every other index sends them to the shared slot (nr_ids).  Ready implies
@@ -370,6 +372,11 @@ int _pcpu_hotplug_other(int idx);
  * zeroed and released: forget what the hotplug layer keeps about @p (its
  * initial value, pcpu_alloc_init) and zero it on indexes being set up. */
 void _pcpu_hotplug_area_freed(void *p);
+/* The same for an object of a pageset (cache.c's pcpu_free, allocator
+ * lock NOT held, before the object is zeroed on used indexes); @bytes is
+ * its class size.  Takes the init table's lock only when the object has
+ * an init record (a lock-free probe of the table's index). */
+void _pcpu_hotplug_object_freed(void *p, size_t bytes);
 
 /*
  * For the balance worker, about once a second: drain CPU uevents, re-read
@@ -388,6 +395,10 @@ void _pcpu_hotplug_tick(void);
 void _pcpu_hotplug_atfork_prepare(void);
 void _pcpu_hotplug_atfork_parent(void);
 void _pcpu_hotplug_atfork_child(void);
+/* The init table's lock, after the allocator's locks (prepare) and
+ * released before them (parent; the child handler frees it too). */
+void _pcpu_hotplug_atfork_prepare_late(void);
+void _pcpu_hotplug_atfork_parent_early(void);
 
 /*
  * Parses one NETLINK_KOBJECT_UEVENT message ("action@devpath\0KEY=VALUE
@@ -401,15 +412,70 @@ void _pcpu_hotplug_atfork_child(void);
 #define PCPU_UEVENT_REMOVE 4
 int _pcpu_hotplug_uevent_parse(const char *msg, size_t len, int *cpu);
 
-/* Longest time the hotplug context held the allocator lock in one
- * stretch (filling a unit, scanning one before release), in ns since the
- * last reset; for pcpu-bench. */
-unsigned long long _pcpu_hotplug_lock_hold_max_ns(bool reset);
+/* Longest time the hotplug context held the allocator lock or the init
+ * table's lock in one stretch (filling a unit, scanning or discarding
+ * one), in ns of wall time or (@cpu) of its thread's CPU time, since the
+ * last @reset; for pcpu-bench. */
+unsigned long long _pcpu_hotplug_lock_hold_max_ns(bool cpu, bool reset);
 
 /* Defined in cpu.c (the cpu lock guards pcpu__ok[] and the path): sets
  * pcpu__ok[@idx] to 0, or to 1 when @on and the process is on the rseq
  * path; returns whether it is on the rseq path. */
 bool _pcpu_cpu_ok_set(int idx, bool on);
+
+/* ---- cache.c: size classes, pagesets, per-CPU object caches ---- */
+
+/* Largest request the size classes can serve (PCPU_CACHE_MAX lowers it). */
+#define PCPU_CACHE_MAX_SIZE 256
+
+/* Modes (PCPU_CACHE=1|0|none). */
+#define PCPU_CACHE_ON 0     /* per-CPU caches in front of the pagesets */
+#define PCPU_CACHE_SHARED 1 /* pagesets only, the allocator lock per call */
+#define PCPU_CACHE_NONE 2   /* no size classes: the area allocator */
+
+/*
+ * pcpu_alloc's hook.  Returns true when the request belongs to a size
+ * class, with *@out the object, or NULL with errno ENOMEM; false when the
+ * area allocator serves it.  Context: any; no lock held.
+ */
+bool _pcpu_cache_alloc(size_t size, size_t align, void **out);
+/* pcpu_free's hook: true when @p points into a pageset (then freed or
+ * reported), false when it is the area allocator's to judge. */
+bool _pcpu_cache_free(void *p);
+/* pcpu_alloc_size's hook: true when @p points into a pageset, with
+ * *@size its size, or 0 and errno EINVAL when it is not a live object. */
+bool _pcpu_cache_alloc_size(const void *p, size_t *size);
+
+/* Checks the pagesets and caches (docs/DESIGN.md, "Object caches");
+ * 0 or -EUCLEAN after printing the first violation.  The accounting
+ * (every object in exactly one place) assumes no small allocation or free
+ * is in flight.  Context: alloc_lock held. */
+int _pcpu_cache_validate_locked(void);
+/* Fills the cache_* statistics and folds the objects into the allocation
+ * counters (pageset pages are not allocations).  Context: no lock held. */
+void _pcpu_cache_stats(struct pcpu_stats *st);
+/* The balance worker, each pass: drains the caches nobody used for
+ * PCPU_CACHE_IDLE_MS; with @pressure every cache and empty pageset. */
+void _pcpu_cache_tick(bool pressure);
+/* Tests and benchmarks: switch the mode and the largest class at run time
+ * (objects already out stay valid: frees find their pagesets). */
+void _pcpu_cache_set_mode(int mode, size_t max_size);
+int _pcpu_cache_mode(void);
+
+/* hotplug.c, for pcpu_free of a pageset object, before cache.c zeroes
+ * it on the used indexes: forget its initial value (pcpu_alloc_init) and
+ * zero it on indexes being set up, like _pcpu_hotplug_area_freed does for
+ * areas.  Context: no lock held; cheap when neither exists. */
+void _pcpu_hotplug_object_freed(void *p, size_t bytes);
+
+/* Defined in chunk.c for cache.c; Context: alloc_lock held.
+ * _pcpu_chunk_page_get: a page-sized, page-aligned area for a pageset
+ * (not an allocation in the statistics); may drop and retake the lock to
+ * reserve a chunk; NULL with errno ENOMEM.  _pcpu_chunk_page_put: gives
+ * it back (every copy reads zero); true when the balance worker should
+ * run (kick it after unlocking). */
+void *_pcpu_chunk_page_get(void);
+bool _pcpu_chunk_page_put(void *page);
 
 /* ---- stats.c ---- */
 

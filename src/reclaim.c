@@ -87,13 +87,15 @@ static size_t empty_runs(const struct pcpu_chunk *c, struct page_run *runs,
 	return n;
 }
 
-/* Picks the next chunk to depopulate at or after chunks[*cursor].
- * Context: both locks held. */
-static struct pcpu_chunk *next_candidate(size_t *cursor, bool all)
+/* Picks the next chunk to depopulate whose base is above @after (chunks[]
+ * is sorted by base; chunks installed while the lock was dropped shift the
+ * positions, not the order).  Context: both locks held. */
+static struct pcpu_chunk *next_candidate(const char *after, bool all)
 {
-	for (; *cursor < _pcpu_nr_chunks; (*cursor)++) {
-		struct pcpu_chunk *c = _pcpu_chunks[*cursor];
-		if (c->state == PCPU_CHUNK_ISOLATED || !c->nr_empty_pop_pages)
+	for (size_t i = 0; i < _pcpu_nr_chunks; i++) {
+		struct pcpu_chunk *c = _pcpu_chunks[i];
+		if (c->base <= after || c->state == PCPU_CHUNK_ISOLATED ||
+		    !c->nr_empty_pop_pages)
 			continue;
 		if (all || c->to_depopulate)
 			return c;
@@ -111,7 +113,8 @@ static size_t depopulate(bool all)
 {
 	struct page_run runs[128]; /* a 1 MiB unit has at most 128 runs */
 	struct pcpu_cpuset used;
-	size_t cursor = 0, released = 0;
+	size_t released = 0;
+	const char *after = NULL;
 	const size_t page = _pcpu_g.page_size, unit = _pcpu_g.unit_size;
 
 	for (;;) {
@@ -121,12 +124,12 @@ static size_t depopulate(bool all)
 			pthread_mutex_unlock(&_pcpu_alloc_lock);
 			break;
 		}
-		struct pcpu_chunk *c = next_candidate(&cursor, all);
+		struct pcpu_chunk *c = next_candidate(after, all);
 		if (!c) {
 			pthread_mutex_unlock(&_pcpu_alloc_lock);
 			break;
 		}
-		cursor++;
+		after = c->base;
 		_pcpu_chunk_isolate(c);
 		size_t nr = empty_runs(c, runs, sizeof(runs) / sizeof(runs[0]));
 		_pcpu_used_snapshot(&used);
@@ -173,10 +176,43 @@ static size_t depopulate(bool all)
  * Context: reclaim_lock held, alloc_lock not held; calls the OS.
  * Returns: chunks released.
  */
+/* Chunks the OS refused to unmap and that could not go back into
+ * chunks[] either (its array could not grow): retried on every pass.
+ * Context: reclaim_lock. */
+static struct pcpu_chunk *orphans[64];
+static size_t nr_orphans;
+
+static size_t retry_orphans(void)
+{
+	size_t done = 0;
+	for (size_t i = 0; i < nr_orphans;) {
+		struct pcpu_chunk *c = orphans[i];
+		int r = _pcpu_chunk_destroy(c);
+		if (r) {
+			pthread_mutex_lock(&_pcpu_alloc_lock);
+			r = _pcpu_chunk_install(c);
+			pthread_mutex_unlock(&_pcpu_alloc_lock);
+		} else {
+			done++;
+		}
+		if (r) {
+			i++;
+			continue;
+		}
+		orphans[i] = orphans[--nr_orphans];
+	}
+	if (done) {
+		pthread_mutex_lock(&_pcpu_alloc_lock);
+		_pcpu_counters.chunks_freed += done;
+		pthread_mutex_unlock(&_pcpu_alloc_lock);
+	}
+	return done;
+}
+
 static size_t free_spare_chunks(void)
 {
 	struct pcpu_chunk *batch[32];
-	size_t freed = 0;
+	size_t freed = retry_orphans();
 
 	for (;;) {
 		size_t n = 0;
@@ -207,8 +243,11 @@ static size_t free_spare_chunks(void)
 		}
 		pthread_mutex_lock(&_pcpu_alloc_lock);
 		for (size_t i = 0; i < n; i++)
-			if (batch[i]) /* the OS refused: keep it */
-				_pcpu_chunk_install(batch[i]);
+			if (batch[i] && /* the OS refused: keep it */
+			    _pcpu_chunk_install(batch[i])) {
+				if (nr_orphans < 64) /* else mapped, unused */
+					orphans[nr_orphans++] = batch[i];
+			}
 		_pcpu_counters.chunks_freed += done;
 		pthread_mutex_unlock(&_pcpu_alloc_lock);
 		freed += done;
@@ -243,6 +282,44 @@ static void grow(void)
 	pthread_mutex_unlock(&_pcpu_alloc_lock);
 	if (ret)
 		_pcpu_chunk_destroy(c);
+}
+
+/*
+ * _pcpu_chunks_discard_index - drop index @idx's unit in every chunk (the
+ * hotplug release of a CPU).  The chunk bases are read in batches under
+ * the allocator lock and the OS is called without it: reclaim_lock keeps
+ * them mapped (chunks are unmapped only under it); chunks installed
+ * meanwhile are new mappings, zero already.  The first lock hold also
+ * waits out any pcpu_free that saw @idx used and is zeroing its copy.
+ * Returns 0 or the first error.
+ */
+int _pcpu_chunks_discard_index(int idx)
+{
+	char *bases[64];
+	char *after = NULL;
+	int ret = 0;
+	const size_t unit = _pcpu_g.unit_size;
+
+	pthread_mutex_lock(&reclaim_lock);
+	for (;;) {
+		size_t n = 0;
+		pthread_mutex_lock(&_pcpu_alloc_lock);
+		for (size_t i = 0; i < _pcpu_nr_chunks && n < 64; i++)
+			if (_pcpu_chunks[i]->base > after) /* sorted by base */
+				bases[n++] = _pcpu_chunks[i]->base;
+		pthread_mutex_unlock(&_pcpu_alloc_lock);
+		for (size_t i = 0; i < n; i++) {
+			int r = _pcpu_os_discard(bases[i] + (size_t)idx * unit,
+						 unit);
+			if (r && !ret)
+				ret = r;
+		}
+		if (n < 64)
+			break;
+		after = bases[n - 1];
+	}
+	pthread_mutex_unlock(&reclaim_lock);
+	return ret;
 }
 
 size_t _pcpu_reclaim_pass(bool trim, bool want_grow)

@@ -127,6 +127,7 @@ int pcpu_stats_get(struct pcpu_stats *st)
 	st->unit_size = _pcpu_g.unit_size;
 	st->nr_cpu_ids = _pcpu_g.nr_ids;
 	st->nr_used_cpus = _pcpu_cpuset_count(&used);
+	_pcpu_cache_stats(st); /* the objects of the size classes */
 	return 0;
 }
 
@@ -152,7 +153,10 @@ size_t pcpu_stats_chunks(struct pcpu_chunk_stats *out, size_t n)
 	X(pop_pages) X(depopulated_pages) X(chunks_isolated)                  \
 	X(chunks_sidelined) X(chunks_reintegrated) X(chunks_freed)            \
 	X(chunks_grown) X(trims) X(pressure_events) X(balance_passes)         \
-	X(nonblock_fails)
+	X(nonblock_fails) X(cache_hits) X(cache_misses) X(cache_flushes)      \
+	X(cache_objs_cached) X(cache_bytes_cached) X(cache_pagesets)          \
+	X(cache_drains) X(cache_cpus_fenced) X(cache_cpus_skipped)            \
+	X(cache_fence_fails) X(cache_fences) X(cache_objs_drained)
 
 #define CHUNK_FIELDS(X)                                                        \
 	X(nr_alloc) X(free_bytes) X(contig_bytes) X(sum_frag) X(max_frag)     \

@@ -1610,6 +1610,9 @@ static int oom_workload(void *arg)
 {
 	(void)arg;
 	child_leak_check(false);
+	/* exact mmap counts: no balance worker in this child (it would
+	 * unmap spare chunks or reserve one between the allocations) */
+	setenv("PCPU_BALANCE", "0", 1);
 	const size_t sizes[] = { umax, 64, umax, 4096, umax / 2,
 				 umax / 2 + 4, 8, umax, 100, umax * 3 / 4,
 				 umax / 4 + 4, umax, 12, umax };
@@ -2003,7 +2006,7 @@ static void test_stats(void)
 	static const char *const env_json[] = { "PCPU_STATS=json",
 						"PCPU_SIM_POSSIBLE",
 						"PCPU_FAULT", "PCPU_BALANCE=0",
-						NULL };
+						"PCPU_CACHE=none", NULL };
 	static const char *const env_text[] = { "PCPU_STATS=1", NULL };
 	static const char *const env_off[] = { "PCPU_STATS=0", NULL };
 	struct child c;

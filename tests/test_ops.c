@@ -18,6 +18,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/rseq.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -113,7 +115,7 @@ struct storm {
 	int *c32;
 	unsigned long *cu64;
 	long iters;
-	volatile int stop_mover;
+	int stop_mover; /* atomic */
 	pid_t tids[NR_WORKERS];
 	volatile int ready;
 	volatile int switch_at; /* worker 0 switches to atomic at this iter */
@@ -153,7 +155,7 @@ static void *mover(void *arg)
 {
 	(void)arg;
 	unsigned seed = 42;
-	while (!st.stop_mover) {
+	while (!__atomic_load_n(&st.stop_mover, __ATOMIC_ACQUIRE)) {
 		if (nr_real_cpus > 1)
 			for (int i = 0; i < NR_WORKERS; i++)
 				if (st.tids[i])
@@ -201,7 +203,7 @@ static void run_storm(long iters, int switch_at)
 
 	for (int i = 0; i < NR_WORKERS; i++)
 		pthread_join(w[i], NULL);
-	st.stop_mover = 1;
+	__atomic_store_n(&st.stop_mover, 1, __ATOMIC_RELEASE);
 	pthread_join(mv, NULL);
 
 	long want64 = 0;
@@ -216,6 +218,79 @@ static void run_storm(long iters, int switch_at)
 	pcpu_free(st.c64);
 	pcpu_free(st.c32);
 	pcpu_free(st.cu64);
+}
+
+/* ---- threads without an rseq registration ---- */
+
+/*
+ * A thread that gave up its rseq registration (as a thread made with a
+ * raw clone never had one) shares the process with registered threads
+ * on the rseq path.  Its cpu_id reads -1 and its mm_cid 0: it must take
+ * the shared slot with atomics, neither spin on sections that can never
+ * match nor commit unprotected stores to a copy (CPU 0's, or concurrency
+ * id 0's) that registered threads commit to.  Sums stay exact.
+ */
+struct unreg {
+	long *c;
+	long iters;
+	int unregister;
+	int unregistered; /* out: the unregistration worked */
+};
+
+static int rseq_unregister(void)
+{
+	char *area = (char *)__builtin_thread_pointer() + __rseq_offset;
+	if (__rseq_size == 0)
+		return -1;
+	/* glibc registers 32 bytes whatever __rseq_size reports */
+	if (syscall(SYS_rseq, area, 32, 1 /* RSEQ_FLAG_UNREGISTER */,
+		    RSEQ_SIG) == 0)
+		return 0;
+	return (int)syscall(SYS_rseq, area, __rseq_size, 1, RSEQ_SIG);
+}
+
+static void *unreg_worker(void *arg)
+{
+	struct unreg *u = arg;
+	unsigned seed = (unsigned)(uintptr_t)arg;
+	if (u->unregister) {
+		u->unregistered = rseq_unregister() == 0;
+		if (u->unregistered)
+			CHECK(*(volatile int *)((char *)__builtin_thread_pointer() +
+						__rseq_offset + 4) < 0);
+	}
+	for (long i = 0; i < u->iters; i++) {
+		pcpu_add(u->c, 1L);
+		if (i % 2000 == 0 && nr_real_cpus > 1)
+			move_to(0, real_cpus[rand_r(&seed) % nr_real_cpus]);
+	}
+	if (u->unregistered && pcpu_path() == PCPU_PATH_RSEQ)
+		CHECK(pcpu_this_cpu() == pcpu_nr_cpu_ids());
+	return NULL;
+}
+
+static void test_unregistered(void)
+{
+	enum { N = 4 };
+	struct unreg u[N];
+	pthread_t t[N];
+	long *c = pcpu_alloc(sizeof(long), 0);
+	REQUIRE(c);
+	for (int i = 0; i < N; i++) {
+		u[i] = (struct unreg){ c, 400000 / scale, i % 2, 0 };
+		REQUIRE(pthread_create(&t[i], NULL, unreg_worker, &u[i]) == 0);
+	}
+	int unreg = 0;
+	for (int i = 0; i < N; i++) {
+		pthread_join(t[i], NULL);
+		unreg += u[i].unregistered;
+	}
+	CHECK_EQ(pcpu_sum(c), N * (400000 / scale));
+	if (pcpu_path() == PCPU_PATH_RSEQ)
+		CHECK_EQ(unreg, N / 2); /* the kernel let them unregister */
+	fprintf(stderr, "unregistered: %d of %d threads without rseq\n",
+		unreg, N);
+	pcpu_free(c);
 }
 
 /* ---- simulation: threads acting as many CPUs ---- */
@@ -285,6 +360,10 @@ static int run_child(const char *what, const char *const env[], char *err,
 	if (pid == 0) {
 		dup2(fd[1], 2);
 		close(fd[0]);
+		/* the child sees only the modes named in @env */
+		unsetenv("PCPU_INDEX");
+		unsetenv("PCPU_SIM_POSSIBLE");
+		unsetenv("PCPU_SIM_ONLINE");
 		for (int i = 0; env[i]; i++)
 			putenv((char *)env[i]);
 		execl(self, "test_ops", "--child", what, (char *)NULL);
@@ -377,6 +456,7 @@ int main(int argc, char **argv)
 	CHECK(pcpu_sim_configure(4, NULL) == -EBUSY);
 	test_types();
 	test_bad_input();
+	test_unregistered();
 	run_storm(2000000 / scale, -1);
 	if (pcpu_path() == PCPU_PATH_RSEQ) {
 		/* switch the process to the atomic path mid-storm */

@@ -173,8 +173,9 @@ static void test_trim_to_floor(void)
 	CHECK(empty <= 1);
 	free(cs);
 
-	/* New areas pack into the sidelined chunks before free ones. */
-	void *p = pcpu_alloc(8, 8);
+	/* New areas pack into the sidelined chunks before free ones (an
+	   area above the size classes: it comes from the chunks). */
+	void *p = pcpu_alloc(512, 8);
 	REQUIRE(p);
 	pcpu_stats_get(&st3);
 	CHECK(st3.chunks_reintegrated > st2.chunks_reintegrated ||
@@ -320,8 +321,12 @@ static void test_worker(void)
 		return;
 	unsigned seed = 99;
 	struct pcpu_stats st0, st;
-	inflate(8000 / scale, &seed);
+	/* several chunks: the only chunk able to serve is not depopulated */
 	pcpu_stats_get(&st0);
+	long n = (long)(3 * st0.unit_size / 270);
+	inflate(n > 8000 / scale ? n : 8000 / scale, &seed);
+	pcpu_stats_get(&st0);
+	CHECK(st0.nr_chunks >= 2);
 	free_fraction(&seed, 50);
 	/* The worker (interval 50 ms in this test) depopulates by itself. */
 	int waited = 0;

@@ -184,7 +184,7 @@ static inline bool pcpu__counter_add_fast(struct pcpu_counter *c, int64_t v,
 	if (pcpu__unlikely(s == NULL))
 		return false;
 	long io = c->io;
-	unsigned int idx = (unsigned int)pcpu__arch_load_index(io);
+	unsigned int idx = pcpu__load_index(io);
 	if (pcpu__unlikely(idx >= __atomic_load_n(&c->fast_nr,
 						  __ATOMIC_RELAXED)))
 		return false;

@@ -42,10 +42,14 @@ struct pcpu__fast {
 	unsigned int cid_nr;  /* like nr, for fast paths indexed by mm_cid
 				 whatever the index mode (counters); 0 when
 				 the kernel has no mm_cid */
+	long cpu_tpoff;       /* thread-pointer offset of rseq cpu_id */
 };
 extern struct pcpu__fast pcpu__fast;
-/* pcpu__ok[idx] != 0: the fast path may commit on index idx. */
-extern unsigned char pcpu__ok[8192];
+/* pcpu__ok[idx] != 0: the fast path may commit on index idx.  Twice
+ * PCPU_MAX_CPUS entries: the upper half, where negative indexes land, is
+ * always 0. */
+#define PCPU__OK_SIZE 16384
+extern unsigned char pcpu__ok[PCPU__OK_SIZE];
 
 /* Out-of-line slow paths (src/cpu.c). */
 void pcpu__add_slow32(void *p, uint32_t v);
@@ -75,17 +79,30 @@ void pcpu__bad_cpu(const char *call, const void *p, int cpu)
 #endif
 
 /*
+ * The int at thread-pointer offset @io (cpu_id or mm_cid), or all ones
+ * when the calling thread has no rseq registration (its cpu_id is
+ * negative; its mm_cid field would read 0, and a section it ran would
+ * not be restarted).  Both fields share one cache line.
+ */
+static inline unsigned int pcpu__load_index(long io)
+{
+	return (unsigned int)(pcpu__arch_load_index(io) |
+			      (pcpu__arch_load_index(pcpu__fast.cpu_tpoff) >>
+			       31));
+}
+
+/*
  * The index the fast path would use, or -1 when it must not be tried.
  * pcpu__ok[] is 0 for every index that may not use the fast path, and for
  * all of them before initialisation, in the atomic path and after a
- * switch to it; the index is masked into the array (an unregistered
- * thread's cpu_id is negative), so one load and test decide.
+ * switch to it; the index is masked into the array (all ones for an
+ * unregistered thread lands in its upper half, always 0), so two loads
+ * of the thread's rseq area and one test decide.
  */
 static inline int pcpu__fast_index(void)
 {
 	unsigned int idx =
-		(unsigned int)pcpu__arch_load_index(pcpu__fast.idx_tpoff) &
-		(8192 - 1);
+		pcpu__load_index(pcpu__fast.idx_tpoff) & (PCPU__OK_SIZE - 1);
 	if (pcpu__unlikely(!__atomic_load_n(&pcpu__ok[idx], __ATOMIC_ACQUIRE)))
 		return -1;
 	return (int)idx;

@@ -147,6 +147,40 @@ int pcpu_sim_configure(int possible, const char *online);
 int pcpu_sim_set_cpu(int cpu);
 
 /* ------------------------------------------------------------------ */
+/* Per-CPU object caches                                               */
+
+/*
+ * Small allocations are served by size classes: pcpu_alloc of at most
+ * 256 bytes with an alignment no larger than its class (the size rounded
+ * up to a power of two, at least 4) takes an object of that class.
+ * Objects of one class pack into whole pages of the unit layout
+ * ("pagesets"), and each CPU (each concurrency id with PCPU_INDEX=cid)
+ * keeps a few dozen of every class in a cache that pcpu_alloc and
+ * pcpu_free use with rseq critical sections: no lock, no atomic
+ * instruction.  Nothing changes for the caller: every copy of a new
+ * object reads zero, pcpu_alloc_size and the statistics report the size
+ * asked for (rounded up to 4 bytes), invalid and double frees are
+ * reported alike.  The environment: PCPU_CACHE=0 turns the per-CPU caches
+ * off (every small allocation and free takes the allocator lock),
+ * PCPU_CACHE=none the size classes too; PCPU_CACHE_MAX=<bytes> is the
+ * largest class (4..256, default 256); PCPU_CACHE_IDLE_MS the time after
+ * which the balance worker drains a cache nobody used (default 2000).
+ */
+
+#define PCPU_DRAIN_PAGES 1u /* also give back the pages of every empty
+			       pageset, spares included (pcpu_trim) */
+
+/*
+ * pcpu_drain - return the objects of every per-CPU cache to their
+ * pagesets (like the kernel's drain_all_pages).  Only the caches that
+ * hold objects are stopped, each with an rseq fence of its CPU alone;
+ * the CPUs with empty caches are not touched.  A cache whose fence fails
+ * keeps its objects (counted in cache_fence_fails).  Allocates nothing,
+ * so it can run when memory is short.  Returns the objects drained.
+ */
+size_t pcpu_drain(unsigned int flags);
+
+/* ------------------------------------------------------------------ */
 /* Statistics                                                          */
 
 struct pcpu_stats {
@@ -188,6 +222,22 @@ struct pcpu_stats {
 	uint64_t pressure_events;    /* PSI memory-pressure wake-ups */
 	uint64_t balance_passes;
 	uint64_t nonblock_fails;     /* pcpu_alloc_nonblock that gave EAGAIN */
+	/* object caches (docs/DESIGN.md, "Object caches"); the objects are
+	   also counted above as allocations, the pagesets' pages are not */
+	uint64_t cache_hits;         /* small allocations a per-CPU cache
+					served */
+	uint64_t cache_misses;       /* refills of a per-CPU cache */
+	uint64_t cache_flushes;      /* overflows: half a cache given back */
+	uint64_t cache_objs_cached;  /* objects in per-CPU caches now */
+	uint64_t cache_bytes_cached; /* their size (per CPU copy) */
+	uint64_t cache_pagesets;     /* pagesets (pages of the unit layout) */
+	uint64_t cache_drains;       /* pcpu_drain, trim, pressure, idle */
+	uint64_t cache_cpus_fenced;  /* caches drains stopped and emptied */
+	uint64_t cache_cpus_skipped; /* indexes drains did not touch: their
+					caches were empty */
+	uint64_t cache_fence_fails;  /* caches left full: the fence failed */
+	uint64_t cache_fences;       /* rseq fences (membarrier) of drains */
+	uint64_t cache_objs_drained; /* objects drains gave back */
 };
 
 struct pcpu_chunk_stats {

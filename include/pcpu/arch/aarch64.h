@@ -23,6 +23,12 @@ static inline int pcpu__arch_load_index(long io)
 	return *(volatile int *)(pcpu__arch_tp() + io);
 }
 
+/*
+ * The abort handler (the signature, then a branch out) sits inline after
+ * the section, skipped by one branch: conditional branches reach only
+ * +-1 MiB, and a handler in a __rseq_failure section at the end of a large
+ * program's text would be out of their range (R_AARCH64_CONDBR19).
+ */
 #define PCPU__A64_CS(body)                                                     \
 	".pushsection __rseq_cs, \"aw\"\n\t"                                   \
 	".balign 32\n\t"                                                       \
@@ -42,11 +48,11 @@ static inline int pcpu__arch_load_index(long io)
 	"b.ne 4f\n\t"                                                          \
 	"ldrb w9, [%[ok]]\n\t"                                                 \
 	"cbz w9, 4f\n\t" body "2:\n\t"                                         \
-	".pushsection __rseq_failure, \"ax\"\n\t"                              \
+	"b 5f\n\t"                                                             \
 	".inst 0xd428bc00\n\t"                                                 \
 	"4:\n\t"                                                               \
 	"b %l[abort]\n\t"                                                      \
-	".popsection\n\t"
+	"5:\n\t"
 
 /* Returns 0 after the commit, 1 after an abort (nothing written). */
 #define PCPU__A64_OP(name, T, body)                                            \
@@ -144,6 +150,75 @@ abort:
 	return 1;
 off:
 	return 2;
+}
+
+/*
+ * Per-CPU stacks of the object caches: see x86_64.h.  *stop is read with
+ * acquire (ldarb): a drain empties the stack, then clears *stop with a
+ * release store, so a section that sees it clear sees the empty stack.
+ */
+static inline int pcpu__arch_stack_pop(uint64_t *st, void **out,
+				       const unsigned char *stop, int idx,
+				       long io)
+{
+	char *tp = pcpu__arch_tp();
+	__asm__ goto(PCPU__A64_CS("ldarb w10, [%[stop]]\n\t"
+				  "cbnz w10, %l[none]\n\t"
+				  "ldr x10, [%[st]]\n\t"
+				  "and x11, x10, #0xffff\n\t"
+				  "cbz x11, %l[none]\n\t"
+				  "add x11, %[st], x11, lsl #4\n\t"
+				  "ldur x12, [x11, #-8]\n\t"
+				  "str x12, [%[out]]\n\t"
+				  "ldr x12, [x11]\n\t"
+				  "str x12, [%[out], #8]\n\t"
+				  "add x10, x10, #0x10, lsl #12\n\t"
+				  "sub x10, x10, #1\n\t"
+				  "str x10, [%[st]]\n\t")
+		     :
+		     : [cs] "r"(tp + pcpu__fast.cs_tpoff), [io] "r"(tp + io),
+		       [idx] "r"(idx), [ok] "r"(&pcpu__ok[idx]),
+		       [stop] "r"(stop), [st] "r"(st), [out] "r"(out)
+		     : "memory", "cc", "x9", "x10", "x11", "x12"
+		     : abort, none);
+	return 0;
+abort:
+	return 1;
+none:
+	return 2;
+}
+
+static inline int pcpu__arch_stack_push(uint64_t *st, void *obj, void *ps,
+					uint64_t cap, const unsigned char *stop,
+					int idx, long io)
+{
+	char *tp = pcpu__arch_tp();
+	__asm__ goto(PCPU__A64_CS("ldarb w10, [%[stop]]\n\t"
+				  "cbnz w10, %l[none]\n\t"
+				  "ldr x10, [%[st]]\n\t"
+				  "and x11, x10, #0xffff\n\t"
+				  "cmp x11, %x[cap]\n\t"
+				  "b.hs %l[none]\n\t"
+				  "add x12, %[st], x11, lsl #4\n\t"
+				  "str %x[obj], [x12, #8]\n\t"
+				  "str %x[ps], [x12, #16]\n\t"
+				  "add x10, x10, #1\n\t"
+				  "str x10, [%[st]]\n\t")
+		     "cbz x11, %l[first]\n\t"
+		     :
+		     : [cs] "r"(tp + pcpu__fast.cs_tpoff), [io] "r"(tp + io),
+		       [idx] "r"(idx), [ok] "r"(&pcpu__ok[idx]),
+		       [stop] "r"(stop), [st] "r"(st), [cap] "r"(cap),
+		       [obj] "r"(obj), [ps] "r"(ps)
+		     : "memory", "cc", "x9", "x10", "x11", "x12"
+		     : abort, none, first);
+	return 0;
+abort:
+	return 1;
+none:
+	return 2;
+first:
+	return 3;
 }
 
 #endif

@@ -47,4 +47,22 @@ static inline int pcpu__arch_add_if64(uint64_t *q, uint64_t v, int idx,
 	return 1;
 }
 
+/* Object-cache stacks: "none", so callers take their locked path. */
+static inline int pcpu__arch_stack_pop(uint64_t *st, void **out,
+				       const unsigned char *stop, int idx,
+				       long io)
+{
+	(void)st, (void)out, (void)stop, (void)idx, (void)io;
+	return 2;
+}
+
+static inline int pcpu__arch_stack_push(uint64_t *st, void *obj, void *ps,
+					uint64_t cap, const unsigned char *stop,
+					int idx, long io)
+{
+	(void)st, (void)obj, (void)ps, (void)cap, (void)stop, (void)idx,
+		(void)io;
+	return 2;
+}
+
 #endif

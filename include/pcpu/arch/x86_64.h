@@ -144,4 +144,82 @@ off:
 	return 2;
 }
 
+/*
+ * Per-CPU stacks of the object caches (src/cache.c).  *st packs the
+ * count (bits 0-15) and the number of pops ever made (bits 16-63), so
+ * that one store commits both; the stack's (object, pageset) pairs follow
+ * st in memory, pair i at st[1 + 2i], st[2 + 2i].  *stop != 0 (a drain
+ * is emptying this CPU's cache) is read inside the section.
+ */
+
+/* Pop the top pair into out[0], out[1]; *st = count - 1, pops + 1.
+ * Returns 0 after the commit, 1 after an abort, 2 when the stack is empty
+ * or stopped (nothing written). */
+static inline int pcpu__arch_stack_pop(uint64_t *st, void **out,
+				       const unsigned char *stop, int idx,
+				       long io)
+{
+	__asm__ goto(PCPU__X86_CS("cmpb $0, (%[stop])\n\t"
+				  "jnz %l[none]\n\t"
+				  "movq (%[st]), %%rax\n\t"
+				  "movzwl %%ax, %%edx\n\t"
+				  "testl %%edx, %%edx\n\t"
+				  "jz %l[none]\n\t"
+				  "shlq $4, %%rdx\n\t"
+				  "movq -8(%[st], %%rdx), %%rcx\n\t"
+				  "movq %%rcx, (%[out])\n\t"
+				  "movq (%[st], %%rdx), %%rcx\n\t"
+				  "movq %%rcx, 8(%[out])\n\t"
+				  "addq $0xffff, %%rax\n\t"
+				  "movq %%rax, (%[st])")
+		     :
+		     : [cs] "r"(pcpu__fast.cs_tpoff), [io] "r"(io),
+		       [idx] "r"(idx), [ok] "r"(&pcpu__ok[idx]),
+		       [stop] "r"(stop), [st] "r"(st), [out] "r"(out)
+		     : "memory", "cc", "rax", "rcx", "rdx"
+		     : abort, none);
+	return 0;
+abort:
+	return 1;
+none:
+	return 2;
+}
+
+/* Push the pair (obj, ps) when count < cap; *st = count + 1.  Returns 0
+ * after the commit, 3 after the commit when the stack was empty before
+ * (the caller marks the CPU's cache non-empty), 1 after an abort, 2 when
+ * the stack is full or stopped (nothing written). */
+static inline int pcpu__arch_stack_push(uint64_t *st, void *obj, void *ps,
+					uint64_t cap, const unsigned char *stop,
+					int idx, long io)
+{
+	__asm__ goto(PCPU__X86_CS("cmpb $0, (%[stop])\n\t"
+				  "jnz %l[none]\n\t"
+				  "movq (%[st]), %%rax\n\t"
+				  "movzwl %%ax, %%edx\n\t"
+				  "cmpq %[cap], %%rdx\n\t"
+				  "jae %l[none]\n\t"
+				  "shlq $4, %%rdx\n\t"
+				  "movq %[obj], 8(%[st], %%rdx)\n\t"
+				  "movq %[ps], 16(%[st], %%rdx)\n\t"
+				  "addq $1, %%rax\n\t"
+				  "movq %%rax, (%[st])")
+		     "testq %%rdx, %%rdx\n\t"
+		     "jz %l[first]\n\t"
+		     :
+		     : [cs] "r"(pcpu__fast.cs_tpoff), [io] "r"(io),
+		       [idx] "r"(idx), [ok] "r"(&pcpu__ok[idx]),
+		       [stop] "r"(stop), [st] "r"(st), [cap] "r"(cap),
+		       [obj] "r"(obj), [ps] "r"(ps)
+		     : "memory", "cc", "rax", "rdx"
+		     : abort, none, first);
+	return 0;
+abort:
+	return 1;
+none:
+	return 2;
+first:
+	return 3;
+}
+
 #endif

@@ -1,0 +1,839 @@
+/*
+ * test_hotplug.c - CPUs that come and go: nothing is ever lost.
+ *
+ * Part 1 (a forked child, real topology): the kernel uevent parser; a real
+ * sched_setaffinity change of the process noticed by pcpu_cpus_refresh
+ * (the CPU left is released, comes back when allowed again), in whatever
+ * path the process runs (rseq by default: the teardown fences with
+ * membarrier).  The machine's CPUs are never taken offline.
+ *
+ * Part 2 (this process, simulated: 1024 possible CPUs, 0-15 online, unless
+ * PCPU_SIM_POSSIBLE already says otherwise): the API and its errors;
+ * pcpu_alloc_init values on CPUs that come online later; callbacks (order,
+ * rollback, -EDEADLK); a failing online callback and a failing OS
+ * (madvise, used by MADV_POPULATE_WRITE) leave the CPU not ready with
+ * nothing lost, and a later tick brings it up; deferred bring-up while
+ * callbacks are registered; then a storm: worker threads acting as CPUs
+ * 0-31 add to per-CPU areas and a pcpu_counter and allocate/free
+ * (pcpu_alloc_init areas must read their initial value) while a hotplug
+ * thread takes CPUs offline and online, makes online callbacks fail and
+ * madvise fail; a registered dead callback folds the plain areas into
+ * global atomics: sum + folded must equal every add.  Last, a
+ * PCPU_COUNTER_PERCPU counter survives its CPU going away (the library
+ * folds it), and a released CPU stops counting in the stats.
+ *
+ * PCPU_BALANCE=0: no background worker, so that the fault injection hits
+ * the calls the test aims at, and the test drives the tick itself.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "internal.h"
+#include "pcpu/counter.h"
+#include "pcpu/pcpu.h"
+
+static long scale = 1; /* divides iteration counts (valgrind) */
+
+/* ------------------------------------------------------------------ */
+/* Part 1: real topology                                               */
+
+static void test_uevent_parse(void)
+{
+	static const char on[] = "online@/devices/system/cpu/cpu3\0"
+				 "ACTION=online\0DEVPATH=/devices/system/cpu/cpu3\0"
+				 "SUBSYSTEM=cpu\0SEQNUM=1234";
+	static const char off[] = "offline@/devices/system/cpu/cpu17\0"
+				  "ACTION=offline\0DEVPATH=/devices/system/cpu/cpu17\0"
+				  "SUBSYSTEM=cpu\0SEQNUM=1235\0";
+	static const char add[] = "add@/devices/system/cpu/cpu0\0ACTION=add\0"
+				  "DEVPATH=/devices/system/cpu/cpu0\0SUBSYSTEM=cpu\0";
+	static const char rm[] = "remove@/devices/system/cpu/cpu8191\0"
+				 "ACTION=remove\0DEVPATH=/devices/system/cpu/cpu8191\0"
+				 "SUBSYSTEM=cpu\0";
+	static const char mem[] = "online@/devices/system/memory/memory3\0"
+				  "ACTION=online\0DEVPATH=/devices/system/memory/memory3\0"
+				  "SUBSYSTEM=memory\0";
+	static const char chg[] = "change@/devices/system/cpu/cpu3\0ACTION=change\0"
+				  "DEVPATH=/devices/system/cpu/cpu3\0SUBSYSTEM=cpu\0";
+	static const char big[] = "online@/devices/system/cpu/cpu8192\0"
+				  "ACTION=online\0DEVPATH=/devices/system/cpu/cpu8192\0"
+				  "SUBSYSTEM=cpu\0";
+	static const char lead0[] = "online@/devices/system/cpu/cpu03\0"
+				    "ACTION=online\0DEVPATH=/devices/system/cpu/cpu03\0"
+				    "SUBSYSTEM=cpu\0";
+	static const char notcpu[] = "online@/devices/system/cpu/cpufreq\0"
+				     "ACTION=online\0DEVPATH=/devices/system/cpu/cpufreq\0"
+				     "SUBSYSTEM=cpu\0";
+	int cpu = -1;
+
+	CHECK_EQ(_pcpu_hotplug_uevent_parse(on, sizeof(on) - 1, &cpu),
+		 PCPU_UEVENT_ONLINE);
+	CHECK_EQ(cpu, 3);
+	CHECK_EQ(_pcpu_hotplug_uevent_parse(off, sizeof(off), &cpu),
+		 PCPU_UEVENT_OFFLINE);
+	CHECK_EQ(cpu, 17);
+	CHECK_EQ(_pcpu_hotplug_uevent_parse(add, sizeof(add), &cpu),
+		 PCPU_UEVENT_ADD);
+	CHECK_EQ(cpu, 0);
+	CHECK_EQ(_pcpu_hotplug_uevent_parse(rm, sizeof(rm), &cpu),
+		 PCPU_UEVENT_REMOVE);
+	CHECK_EQ(cpu, 8191);
+	CHECK_EQ(_pcpu_hotplug_uevent_parse(mem, sizeof(mem), &cpu), 0);
+	CHECK_EQ(_pcpu_hotplug_uevent_parse(chg, sizeof(chg), &cpu), 0);
+	CHECK_EQ(_pcpu_hotplug_uevent_parse(big, sizeof(big), &cpu), 0);
+	CHECK_EQ(_pcpu_hotplug_uevent_parse(lead0, sizeof(lead0), &cpu), 0);
+	CHECK_EQ(_pcpu_hotplug_uevent_parse(notcpu, sizeof(notcpu), &cpu), 0);
+	/* malformed: no NUL in the header, no '@' */
+	CHECK_EQ(_pcpu_hotplug_uevent_parse("online@/devices", 15, &cpu),
+		 -EINVAL);
+	CHECK_EQ(_pcpu_hotplug_uevent_parse("online\0ACTION=online", 20, &cpu),
+		 -EINVAL);
+	CHECK_EQ(_pcpu_hotplug_uevent_parse("", 0, &cpu), -EINVAL);
+	/* every truncation of a valid message is handled within its bounds
+	 * (ASan checks the reads) */
+	for (size_t n = 0; n <= sizeof(on); n++) {
+		char *copy = malloc(n ? n : 1);
+		REQUIRE(copy);
+		memcpy(copy, on, n);
+		int r = _pcpu_hotplug_uevent_parse(copy, n, &cpu);
+		CHECK(r == -EINVAL || r == 0 || r == PCPU_UEVENT_ONLINE);
+		free(copy);
+	}
+}
+
+static void pin(int cpu)
+{
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	REQUIRE(sched_setaffinity(0, sizeof(set), &set) == 0);
+}
+
+static atomic_long real_folded;
+static long *real_area;
+
+static void real_fold(int cpu, void *arg)
+{
+	(void)arg;
+	long v = __atomic_exchange_n(pcpu_ptr(real_area, cpu), 0,
+				     __ATOMIC_RELAXED);
+	atomic_fetch_add(&real_folded, v);
+}
+
+/* The process's affinity changes (sched_setaffinity on its main thread):
+ * pcpu_cpus_refresh notices. */
+static void test_affinity(void)
+{
+	cpu_set_t orig;
+	int cpus[2], n = 0;
+	REQUIRE(sched_getaffinity(0, sizeof(orig), &orig) == 0);
+	for (int c = 0; c < CPU_SETSIZE && n < 2; c++)
+		if (CPU_ISSET(c, &orig))
+			cpus[n++] = c;
+	if (n < 2) {
+		fprintf(stderr, "affinity: one CPU only, skipped\n");
+		return;
+	}
+	int a = cpus[0], b = cpus[1];
+	long *x = pcpu_alloc(sizeof(long), 0);
+	real_area = pcpu_alloc(sizeof(long), 0);
+	REQUIRE(x && real_area);
+	pin(a);
+	pcpu_add(x, 1L);
+	pcpu_add(real_area, 10L);
+	pin(b);
+	pcpu_add(x, 2L);
+	pcpu_add(real_area, 20L);
+	CHECK(pcpu_cpu_state(a) & PCPU_CPU_READY);
+	CHECK(pcpu_cpu_state(b) & PCPU_CPU_READY);
+	CHECK(pcpu_cpu_state(a) & PCPU_CPU_ALLOWED);
+
+	/* a leaves the process's affinity */
+	int h = pcpu_hotplug_register("real-fold", NULL, real_fold, NULL);
+	CHECK(h >= 0);
+	pin(b);
+	CHECK_EQ(pcpu_cpus_refresh(), 0);
+	int sa = pcpu_cpu_state(a), sb = pcpu_cpu_state(b);
+	fprintf(stderr, "affinity: cpu %d state %#x, cpu %d state %#x\n", a,
+		sa, b, sb);
+	CHECK(!(sa & PCPU_CPU_ALLOWED));
+	CHECK(!(sa & PCPU_CPU_READY));
+	CHECK(sb & PCPU_CPU_ALLOWED);
+	CHECK(sb & PCPU_CPU_READY);
+	/* x has no dead callback: its value on a keeps a's copies counted */
+	CHECK(sa & PCPU_CPU_BACKED);
+	CHECK_EQ(pcpu_sum(x), 3);
+	CHECK_EQ(pcpu_sum(real_area) + atomic_load(&real_folded), 30);
+	CHECK_EQ(atomic_load(&real_folded), 10);
+	pcpu_add(x, 4L); /* on b */
+	CHECK_EQ(pcpu_sum(x), 7);
+
+	/* once x is freed nothing is left on a: its memory goes */
+	pcpu_free(x);
+	CHECK_EQ(pcpu_cpus_refresh(), 0);
+	CHECK(!(pcpu_cpu_state(a) & PCPU_CPU_BACKED));
+
+	/* a comes back; with a callback registered the operation that
+	 * first runs there goes to the shared slot and the refresh brings
+	 * the CPU up */
+	REQUIRE(sched_setaffinity(0, sizeof(orig), &orig) == 0);
+	CHECK_EQ(pcpu_cpus_refresh(), 0);
+	CHECK(pcpu_cpu_state(a) & PCPU_CPU_ALLOWED);
+	pin(a);
+	pcpu_add(real_area, 100L);
+	CHECK_EQ(pcpu_cpus_refresh(), 0);
+	CHECK(pcpu_cpu_state(a) & PCPU_CPU_READY);
+	pcpu_add(real_area, 1000L);
+	CHECK_EQ(pcpu_sum(real_area) + atomic_load(&real_folded), 1130);
+	CHECK_EQ(pcpu_hotplug_unregister(h), 0);
+	CHECK_EQ(pcpu_sum(real_area) + atomic_load(&real_folded), 1130);
+	REQUIRE(sched_setaffinity(0, sizeof(orig), &orig) == 0);
+	pcpu_free(real_area);
+	CHECK_EQ(pcpu_validate(), 0);
+	CHECK_EQ(pcpu_sim_cpu_online(0), -ENOENT);
+	CHECK_EQ(pcpu_sim_cpu_offline(0), -ENOENT);
+}
+
+static int run_real(void)
+{
+	test_uevent_parse();
+	fprintf(stderr, "real: path %s, %d cpu ids\n",
+		pcpu_path() == PCPU_PATH_RSEQ ? "rseq" : "atomic",
+		pcpu_nr_cpu_ids());
+	test_affinity();
+	return check_done();
+}
+
+/* ------------------------------------------------------------------ */
+/* Part 2: simulation                                                  */
+
+#define SIM_INIT 42L
+
+static int nr_ids;
+
+/* Runs @fn in a thread acting as CPU @cpu (sim threads pick their CPU). */
+struct as_cpu {
+	int cpu;
+	void (*fn)(void *);
+	void *arg;
+};
+
+static void *as_cpu_main(void *p)
+{
+	struct as_cpu *a = p;
+	CHECK_EQ(pcpu_sim_set_cpu(a->cpu), 0);
+	a->fn(a->arg);
+	return NULL;
+}
+
+static void run_as(int cpu, void (*fn)(void *), void *arg)
+{
+	pthread_t t;
+	struct as_cpu a = { cpu, fn, arg };
+	REQUIRE(pthread_create(&t, NULL, as_cpu_main, &a) == 0);
+	pthread_join(t, NULL);
+}
+
+static long *g_area;
+static long g_val;
+
+static void do_add(void *arg)
+{
+	(void)arg;
+	pcpu_add(g_area, g_val);
+}
+
+static long g_read;
+static void do_read(void *arg)
+{
+	(void)arg;
+	g_read = pcpu_read(g_area);
+}
+
+static int g_this;
+static void do_this(void *arg)
+{
+	(void)arg;
+	g_this = pcpu_this_cpu();
+}
+
+static void test_api(void)
+{
+	CHECK_EQ(pcpu_cpu_state(-1), -EINVAL);
+	CHECK_EQ(pcpu_cpu_state(nr_ids), -EINVAL);
+	int s0 = pcpu_cpu_state(0);
+	CHECK(s0 & PCPU_CPU_POSSIBLE);
+	CHECK(s0 & PCPU_CPU_ONLINE);
+	CHECK(s0 & PCPU_CPU_ALLOWED);
+	CHECK_EQ(pcpu_cpu_state(500), PCPU_CPU_POSSIBLE);
+	CHECK_EQ(pcpu_sim_cpu_online(-1), -EINVAL);
+	CHECK_EQ(pcpu_sim_cpu_online(nr_ids), -EINVAL);
+	CHECK_EQ(pcpu_sim_cpu_offline(nr_ids), -EINVAL);
+	CHECK_EQ(pcpu_hotplug_register(NULL, NULL, NULL, NULL), -EINVAL);
+	CHECK_EQ(pcpu_hotplug_register("x", NULL, NULL, NULL), -EINVAL);
+	CHECK_EQ(pcpu_hotplug_unregister(-1), -EINVAL);
+	CHECK_EQ(pcpu_hotplug_unregister(63), -EINVAL);
+	CHECK_EQ(pcpu_hotplug_unregister(64), -EINVAL);
+}
+
+static void test_alloc_init(void)
+{
+	long init = SIM_INIT;
+	struct big {
+		long v[5];
+		char c[3];
+	} binit;
+	memset(&binit, 0, sizeof(binit)); /* the padding too */
+	for (int i = 0; i < 5; i++)
+		binit.v[i] = i + 1;
+	memcpy(binit.c, "abc", 3);
+
+	g_area = pcpu_alloc_init(sizeof(long), 0, &init);
+	struct big *b = pcpu_alloc_init(sizeof(binit), 8, &binit);
+	long *zero = pcpu_alloc_init(sizeof(long), 0, &(long){ 0 });
+	REQUIRE(g_area && b && zero);
+	CHECK_EQ(pcpu_alloc_init(0, 0, &init) == NULL && errno == EINVAL, 1);
+	CHECK_EQ(pcpu_alloc_init(8, 3, &init) == NULL && errno == EINVAL, 1);
+
+	/* a CPU that runs later reads the initial value */
+	run_as(2, do_read, NULL);
+	CHECK_EQ(g_read, SIM_INIT);
+	CHECK(pcpu_cpu_state(2) & PCPU_CPU_READY);
+	CHECK(!memcmp(pcpu_ptr(b, 2), &binit, sizeof(binit)));
+	CHECK_EQ(*pcpu_ptr(zero, 2), 0);
+	/* a CPU that comes online later */
+	CHECK(!(pcpu_cpu_state(20) & PCPU_CPU_BACKED));
+	CHECK_EQ(pcpu_sim_cpu_online(20), 0);
+	CHECK(pcpu_cpu_state(20) & PCPU_CPU_READY);
+	CHECK(pcpu_cpu_state(20) & PCPU_CPU_ONLINE);
+	CHECK_EQ(*pcpu_ptr(g_area, 20), SIM_INIT);
+	CHECK(!memcmp(pcpu_ptr(b, 20), &binit, sizeof(binit)));
+	/* a CPU never used holds nothing */
+	CHECK(!(pcpu_cpu_state(500) & PCPU_CPU_BACKED));
+	/* every counted copy starts at init */
+	long n = 0;
+	int cpu;
+	pcpu_for_each_cpu(cpu) {
+		CHECK_EQ(*pcpu_ptr(g_area, cpu), SIM_INIT);
+		n++;
+	}
+	CHECK_EQ(pcpu_sum(g_area), n * SIM_INIT);
+
+	/* offline: a thread acting as 20 uses the shared slot (init too) */
+	CHECK_EQ(pcpu_sim_cpu_offline(20), 0);
+	CHECK(!(pcpu_cpu_state(20) & PCPU_CPU_READY));
+	CHECK(!(pcpu_cpu_state(20) & PCPU_CPU_ONLINE));
+	run_as(20, do_this, NULL);
+	CHECK_EQ(g_this, nr_ids);
+	run_as(20, do_read, NULL);
+	CHECK_EQ(g_read, SIM_INIT);
+	CHECK_EQ(*pcpu_ptr(g_area, nr_ids), SIM_INIT);
+	/* its copies held their initial values only: released */
+	CHECK(!(pcpu_cpu_state(20) & PCPU_CPU_BACKED));
+
+	/* a freed init area's address reads zero everywhere when reused */
+	void *old = g_area;
+	pcpu_free(g_area);
+	pcpu_free(b);
+	pcpu_free(zero);
+	long *again = pcpu_alloc(sizeof(long), 0);
+	REQUIRE(again);
+	if ((void *)again == old) {
+		pcpu_for_each_cpu(cpu) CHECK_EQ(*pcpu_ptr(again, cpu), 0);
+	}
+	pcpu_free(again);
+	CHECK_EQ(pcpu_validate(), 0);
+}
+
+/* ---- callbacks ---- */
+
+static atomic_int cb_online_calls[1024], cb_dead_calls[1024];
+static atomic_int cb_order; /* last callback that ran */
+static int fail_cpu = -1;   /* cb_fail fails for this CPU */
+static int fail_err = -EIO;
+static int deadlk_ret;
+static bool try_deadlock;
+static bool cb_check_state = true; /* false while (un)registering: the
+				      callbacks then run for ready CPUs */
+
+static int cb_a_online(int cpu, void *arg)
+{
+	(void)arg;
+	if (cb_check_state)
+		CHECK(!(pcpu_cpu_state(cpu) & PCPU_CPU_READY));
+	atomic_fetch_add(&cb_online_calls[cpu], 1);
+	atomic_store(&cb_order, 1);
+	if (try_deadlock) {
+		deadlk_ret = pcpu_hotplug_register("inner", cb_a_online, NULL,
+						   NULL);
+		if (!deadlk_ret)
+			deadlk_ret = pcpu_sim_cpu_online(cpu + 1);
+	}
+	return 0;
+}
+
+static void cb_a_dead(int cpu, void *arg)
+{
+	(void)arg;
+	if (cb_check_state)
+		CHECK(!(pcpu_cpu_state(cpu) & PCPU_CPU_READY));
+	atomic_fetch_add(&cb_dead_calls[cpu], 1);
+}
+
+static void cb_noop_dead(int cpu, void *arg)
+{
+	(void)cpu, (void)arg;
+}
+
+static int cb_fail_online(int cpu, void *arg)
+{
+	(void)arg;
+	CHECK_EQ(atomic_load(&cb_order), 1); /* after cb_a */
+	return cpu == __atomic_load_n(&fail_cpu, __ATOMIC_RELAXED) ? fail_err
+								 : 0;
+}
+
+static void test_callbacks(void)
+{
+	int ready = 0;
+	for (int c = 0; c < nr_ids; c++)
+		ready += !!(pcpu_cpu_state(c) & PCPU_CPU_READY);
+	cb_check_state = false;
+	int ha = pcpu_hotplug_register("a", cb_a_online, cb_a_dead, NULL);
+	cb_check_state = true;
+	CHECK(ha >= 0);
+	int sum = 0;
+	for (int c = 0; c < 1024; c++)
+		sum += atomic_load(&cb_online_calls[c]);
+	CHECK_EQ(sum, ready); /* once for every CPU already ready */
+
+	/* online, offline */
+	CHECK_EQ(pcpu_sim_cpu_online(30), 0);
+	CHECK_EQ(atomic_load(&cb_online_calls[30]), 1);
+	CHECK_EQ(pcpu_sim_cpu_offline(30), 0);
+	CHECK_EQ(atomic_load(&cb_dead_calls[30]), 1);
+	/* offline again: nothing more */
+	CHECK_EQ(pcpu_sim_cpu_offline(30), 0);
+	CHECK_EQ(atomic_load(&cb_dead_calls[30]), 1);
+
+	/* from inside a callback: -EDEADLK */
+	try_deadlock = true;
+	CHECK_EQ(pcpu_sim_cpu_online(31), 0);
+	try_deadlock = false;
+	CHECK_EQ(deadlk_ret, -EDEADLK);
+
+	/* a failing online callback: rollback, CPU not ready, nothing lost */
+	int hf = pcpu_hotplug_register("fail", cb_fail_online, NULL, NULL);
+	CHECK(hf > ha);
+	g_area = pcpu_alloc(sizeof(long), 0);
+	REQUIRE(g_area);
+	__atomic_store_n(&fail_cpu, 40, __ATOMIC_RELAXED);
+	CHECK_EQ(pcpu_sim_cpu_online(40), -EIO);
+	int s = pcpu_cpu_state(40);
+	CHECK(s & PCPU_CPU_ONLINE);
+	CHECK(!(s & PCPU_CPU_READY));
+	CHECK(s & PCPU_CPU_FAILED);
+	CHECK(!(s & PCPU_CPU_BACKED));
+	CHECK_EQ(atomic_load(&cb_online_calls[40]), 1);
+	CHECK_EQ(atomic_load(&cb_dead_calls[40]), 1); /* rolled back */
+	g_val = 5;
+	run_as(40, do_add, NULL); /* goes to the shared slot */
+	run_as(40, do_this, NULL);
+	CHECK_EQ(g_this, nr_ids);
+	CHECK_EQ(pcpu_sum(g_area), 5);
+	CHECK_EQ(*pcpu_ptr(g_area, nr_ids), 5);
+	/* a tick retries: still failing */
+	_pcpu_hotplug_tick();
+	CHECK(!(pcpu_cpu_state(40) & PCPU_CPU_READY));
+	CHECK_EQ(atomic_load(&cb_dead_calls[40]), 2);
+	/* the next one succeeds */
+	__atomic_store_n(&fail_cpu, -1, __ATOMIC_RELAXED);
+	_pcpu_hotplug_tick();
+	CHECK(pcpu_cpu_state(40) & PCPU_CPU_READY);
+	CHECK(!(pcpu_cpu_state(40) & PCPU_CPU_FAILED));
+	g_val = 7;
+	run_as(40, do_add, NULL);
+	CHECK_EQ(*pcpu_ptr(g_area, 40), 7);
+	CHECK_EQ(pcpu_sum(g_area), 12);
+
+	/* deferred bring-up: with callbacks registered, an operation on a
+	 * CPU that is not ready goes to the shared slot, the tick brings the
+	 * CPU up */
+	CHECK(!(pcpu_cpu_state(70) & PCPU_CPU_BACKED));
+	g_val = 100;
+	run_as(70, do_add, NULL);
+	CHECK(!(pcpu_cpu_state(70) & PCPU_CPU_READY));
+	CHECK_EQ(*pcpu_ptr(g_area, nr_ids), 105);
+	_pcpu_hotplug_tick();
+	CHECK(pcpu_cpu_state(70) & PCPU_CPU_READY);
+	CHECK_EQ(atomic_load(&cb_online_calls[70]), 1);
+	run_as(70, do_add, NULL);
+	CHECK_EQ(*pcpu_ptr(g_area, 70), 100);
+	CHECK_EQ(pcpu_sum(g_area), 212);
+
+	/* registration fails when online fails on a ready CPU; undone */
+	__atomic_store_n(&fail_cpu, 70, __ATOMIC_RELAXED);
+	int before = atomic_load(&cb_dead_calls[2]);
+	cb_check_state = false;
+	CHECK_EQ(pcpu_hotplug_register("fail2", cb_fail_online, cb_a_dead,
+				       NULL),
+		 -EIO);
+	CHECK_EQ(atomic_load(&cb_dead_calls[2]), before + 1);
+	__atomic_store_n(&fail_cpu, -1, __ATOMIC_RELAXED);
+
+	CHECK_EQ(pcpu_hotplug_unregister(hf), 0);
+	CHECK_EQ(pcpu_hotplug_unregister(hf), -EINVAL);
+	int dead70 = atomic_load(&cb_dead_calls[70]);
+	CHECK_EQ(pcpu_hotplug_unregister(ha), 0);
+	cb_check_state = true;
+	CHECK_EQ(atomic_load(&cb_dead_calls[70]), dead70 + 1);
+
+	/* 64 registrations at most */
+	int hs[65], nh = 0;
+	for (int i = 0; i < 65; i++) {
+		hs[i] = pcpu_hotplug_register("many", NULL, cb_noop_dead,
+					      NULL);
+		if (hs[i] >= 0)
+			nh++;
+	}
+	CHECK_EQ(nh, 64);
+	CHECK_EQ(hs[64], -ENOSPC);
+	for (int i = 0; i < 64; i++)
+		CHECK_EQ(pcpu_hotplug_unregister(hs[i]), 0);
+	pcpu_free(g_area);
+}
+
+/* ---- OS failure ---- */
+
+static void test_os_failure(void)
+{
+	long init = SIM_INIT;
+	long *area[64];
+	for (int i = 0; i < 64; i++) {
+		area[i] = pcpu_alloc_init(sizeof(long), 0, &init);
+		REQUIRE(area[i]);
+	}
+	g_area = area[0];
+	/* no memory for the new CPU: -ENOMEM, not ready, nothing visible */
+	_pcpu_os_fault_set(PCPU_OS_MADVISE, 1);
+	CHECK_EQ(pcpu_sim_cpu_online(50), -ENOMEM);
+	int s = pcpu_cpu_state(50);
+	CHECK(s & PCPU_CPU_FAILED);
+	CHECK(!(s & PCPU_CPU_READY));
+	CHECK(!(s & PCPU_CPU_BACKED));
+	g_val = 3;
+	run_as(50, do_add, NULL); /* shared slot */
+	long copies = 0;
+	int cpu;
+	pcpu_for_each_cpu(cpu) copies++;
+	CHECK_EQ(pcpu_sum(g_area), SIM_INIT * copies + 3);
+	long shared = *pcpu_ptr(g_area, nr_ids);
+	CHECK_EQ(shared, SIM_INIT + 3);
+	_pcpu_hotplug_tick();
+	CHECK(pcpu_cpu_state(50) & PCPU_CPU_READY);
+	for (int i = 0; i < 64; i++)
+		CHECK_EQ(*pcpu_ptr(area[i], 50), SIM_INIT);
+	CHECK_EQ(pcpu_validate(), 0);
+
+	/* pcpu_alloc_init that cannot back the ready CPUs' copies: ENOMEM,
+	 * nothing leaked (a large area: new pages) */
+	char binit[8192];
+	memset(binit, 7, sizeof(binit));
+	struct pcpu_stats st0, st1;
+	pcpu_stats_get(&st0);
+	_pcpu_os_fault_set(PCPU_OS_MADVISE, 1);
+	errno = 0;
+	void *p = pcpu_alloc_init(sizeof(binit), 4096, binit);
+	CHECK(p == NULL && errno == ENOMEM);
+	pcpu_stats_get(&st1);
+	CHECK_EQ(st1.nr_cur_alloc, st0.nr_cur_alloc);
+	_pcpu_os_fault_set(PCPU_OS_MADVISE, 0);
+	p = pcpu_alloc_init(sizeof(binit), 4096, binit);
+	CHECK(p != NULL);
+	if (p) {
+		CHECK(!memcmp(pcpu_ptr((char *)p, 50), binit, sizeof(binit)));
+		pcpu_free(p);
+	}
+	for (int i = 0; i < 64; i++)
+		pcpu_free(area[i]);
+	CHECK_EQ(pcpu_validate(), 0);
+}
+
+/* ---- the storm ---- */
+
+#define NR_AREAS 8
+#define NR_WORKERS 4
+#define STORM_CPUS 32
+
+static long *areas[NR_AREAS];
+static atomic_long folded[NR_AREAS];
+static atomic_long fold_calls;
+static struct pcpu_counter counter;
+static atomic_int stop_storm;
+static atomic_long bad_init_reads, bad_zero_reads;
+
+static void fold_dead(int cpu, void *arg)
+{
+	(void)arg;
+	for (int i = 0; i < NR_AREAS; i++) {
+		long v = __atomic_exchange_n(pcpu_ptr(areas[i], cpu), 0,
+					     __ATOMIC_RELAXED);
+		atomic_fetch_add(&folded[i], v);
+	}
+	atomic_fetch_add(&fold_calls, 1);
+}
+
+static atomic_int storm_fail_cpu = -1;
+
+static int storm_online(int cpu, void *arg)
+{
+	(void)arg;
+	return cpu == atomic_load(&storm_fail_cpu) ? -ENOMEM : 0;
+}
+
+struct worker {
+	long id;
+	long iters;
+	long tally[NR_AREAS];
+	long counter_adds;
+};
+
+static void *storm_worker(void *arg)
+{
+	struct worker *w = arg;
+	unsigned seed = (unsigned)w->id * 2654435761u + 7;
+	long init = 77;
+	long i;
+	for (i = 0; i < w->iters || !atomic_load(&stop_storm); i++) {
+		if (i % 64 == 0)
+			CHECK_EQ(pcpu_sim_set_cpu((int)(rand_r(&seed) % STORM_CPUS)),
+				 0);
+		long v = 1 + (i & 3);
+		int a = (int)((i + w->id) % NR_AREAS);
+		pcpu_add(areas[a], v);
+		w->tally[a] += v;
+		pcpu_counter_add(&counter, 3);
+		w->counter_adds++;
+		if (i % 1024 == 1023)
+			sched_yield(); /* let the hotplug thread run */
+		if (i % 16 == 0) {
+			long *p = pcpu_alloc_init(sizeof(long), 0, &init);
+			long *z = pcpu_alloc(sizeof(long), 0);
+			if (p) {
+				if (pcpu_read(p) != 77)
+					atomic_fetch_add(&bad_init_reads, 1);
+				pcpu_add(p, 1L);
+			}
+			if (z && pcpu_read(z) != 0)
+				atomic_fetch_add(&bad_zero_reads, 1);
+			pcpu_free(p);
+			pcpu_free(z);
+		}
+	}
+	w->iters = i;
+	CHECK_EQ(pcpu_sim_set_cpu(-1), 0);
+	return NULL;
+}
+
+static long storm_ops; /* hotplug operations the storm must see */
+
+static void *storm_hotplug(void *arg)
+{
+	(void)arg;
+	unsigned seed = 12345;
+	long n = 0, offs = 0, ons = 0, fails = 0, nomem = 0;
+	for (; n < storm_ops; n++) {
+		int c = 1 + (int)(rand_r(&seed) % (STORM_CPUS - 1));
+		int st = pcpu_cpu_state(c);
+		if (n % 7 == 3) {
+			atomic_store(&storm_fail_cpu, c);
+		} else if (n % 11 == 5) {
+			_pcpu_os_fault_set(PCPU_OS_MADVISE,
+					   1 + rand_r(&seed) % 3);
+		}
+		int r;
+		if (st & PCPU_CPU_ONLINE) {
+			r = pcpu_sim_cpu_offline(c);
+			CHECK(r == 0);
+			offs++;
+		} else {
+			r = pcpu_sim_cpu_online(c);
+			CHECK(r == 0 || r == -ENOMEM);
+			fails += r == -ENOMEM &&
+				 atomic_load(&storm_fail_cpu) == c;
+			nomem += r == -ENOMEM;
+			ons++;
+		}
+		atomic_store(&storm_fail_cpu, -1);
+		_pcpu_os_fault_set(PCPU_OS_MADVISE, 0);
+		if (n % 3 == 0)
+			_pcpu_hotplug_tick();
+		sched_yield();
+	}
+	atomic_store(&stop_storm, 1);
+	fprintf(stderr,
+		"storm: %ld hotplug operations (%ld offline, %ld online, %ld "
+		"failed: %ld by a callback)\n",
+		n, offs, ons, nomem, fails);
+	return NULL;
+}
+
+static void test_storm(void)
+{
+	for (int i = 0; i < NR_AREAS; i++) {
+		areas[i] = pcpu_alloc(sizeof(long), 0);
+		REQUIRE(areas[i]);
+	}
+	REQUIRE(pcpu_counter_init(&counter, 0, PCPU_COUNTER_EAGER) == 0);
+	int hf = pcpu_hotplug_register("fold", NULL, fold_dead, NULL);
+	int ho = pcpu_hotplug_register("maybe-fail", storm_online, NULL, NULL);
+	CHECK(hf >= 0 && ho >= 0);
+
+	pthread_t wt[NR_WORKERS], ht;
+	struct worker w[NR_WORKERS];
+	memset(w, 0, sizeof(w));
+	for (long i = 0; i < NR_WORKERS; i++) {
+		w[i].id = i;
+		w[i].iters = 500000 / scale; /* at least; until the hotplug
+						thread is done */
+		REQUIRE(pthread_create(&wt[i], NULL, storm_worker, &w[i]) == 0);
+	}
+	storm_ops = 4000 / scale;
+	REQUIRE(pthread_create(&ht, NULL, storm_hotplug, NULL) == 0);
+	for (int i = 0; i < NR_WORKERS; i++)
+		pthread_join(wt[i], NULL);
+	pthread_join(ht, NULL);
+
+	long adds = 0;
+	for (int i = 0; i < NR_AREAS; i++) {
+		long want = 0;
+		for (int k = 0; k < NR_WORKERS; k++)
+			want += w[k].tally[i];
+		CHECK_EQ(pcpu_sum(areas[i]) + atomic_load(&folded[i]), want);
+	}
+	for (int k = 0; k < NR_WORKERS; k++)
+		adds += w[k].counter_adds;
+	CHECK_EQ(pcpu_counter_sum(&counter), 3 * adds);
+	CHECK_EQ(atomic_load(&bad_init_reads), 0);
+	CHECK_EQ(atomic_load(&bad_zero_reads), 0);
+	long iters = 0;
+	for (int k = 0; k < NR_WORKERS; k++)
+		iters += w[k].iters;
+	fprintf(stderr, "storm: %d workers, %ld iterations, %ld dead-callback folds\n",
+		NR_WORKERS, iters, (long)atomic_load(&fold_calls));
+	CHECK(atomic_load(&fold_calls) > 0);
+
+	/* everything comes back; still exact */
+	for (int c = 1; c < STORM_CPUS; c++)
+		pcpu_sim_cpu_online(c);
+	CHECK_EQ(pcpu_cpus_refresh(), 0);
+	for (int c = 0; c < STORM_CPUS; c++)
+		CHECK(pcpu_cpu_state(c) & PCPU_CPU_READY);
+	CHECK_EQ(pcpu_validate(), 0);
+	CHECK_EQ(pcpu_hotplug_unregister(ho), 0);
+	CHECK_EQ(pcpu_hotplug_unregister(hf), 0); /* folds every CPU */
+	for (int i = 0; i < NR_AREAS; i++) {
+		long want = 0;
+		for (int k = 0; k < NR_WORKERS; k++)
+			want += w[k].tally[i];
+		CHECK_EQ(pcpu_sum(areas[i]) + atomic_load(&folded[i]), want);
+		pcpu_free(areas[i]);
+	}
+	pcpu_counter_destroy(&counter);
+}
+
+/* ---- PCPU_COUNTER_PERCPU and the stats ---- */
+
+static struct pcpu_counter pc;
+static void do_pc_add(void *arg)
+{
+	for (int i = 0; i < 1000; i++)
+		pcpu_counter_add(&pc, (long)(intptr_t)arg);
+}
+
+static void test_percpu_counter_and_stats(void)
+{
+	REQUIRE(pcpu_counter_init(&pc, 0, PCPU_COUNTER_PERCPU |
+						  PCPU_COUNTER_EAGER) == 0);
+	CHECK_EQ(pcpu_sim_cpu_online(60), 0);
+	CHECK_EQ(pcpu_sim_cpu_online(61), 0);
+	run_as(60, do_pc_add, (void *)(intptr_t)7);
+	run_as(61, do_pc_add, (void *)(intptr_t)5);
+	CHECK_EQ(pcpu_counter_sum(&pc), 12000);
+
+	struct pcpu_stats before, after;
+	pcpu_stats_get(&before);
+	CHECK_EQ(pcpu_sim_cpu_offline(60), 0);
+	CHECK_EQ(pcpu_counter_sum(&pc), 12000); /* folded by the library */
+	pcpu_stats_get(&after);
+	int s = pcpu_cpu_state(60);
+	CHECK(!(s & PCPU_CPU_READY));
+	CHECK(!(s & PCPU_CPU_BACKED)); /* nothing left: released */
+	CHECK_EQ(after.nr_used_cpus, before.nr_used_cpus - 1);
+	CHECK(after.backed_bytes < before.backed_bytes);
+	fprintf(stderr, "stats: offline cpu 60: used cpus %d -> %d, backed "
+			"%llu -> %llu KiB\n",
+		before.nr_used_cpus, after.nr_used_cpus,
+		(unsigned long long)before.backed_bytes / 1024,
+		(unsigned long long)after.backed_bytes / 1024);
+	run_as(60, do_pc_add, (void *)(intptr_t)1); /* shared slot */
+	CHECK_EQ(pcpu_counter_sum(&pc), 13000);
+	CHECK_EQ(pcpu_sim_cpu_online(60), 0);
+	run_as(60, do_pc_add, (void *)(intptr_t)1);
+	CHECK_EQ(pcpu_counter_sum(&pc), 14000);
+	pcpu_counter_destroy(&pc);
+
+	/* the last online CPU cannot go */
+	for (int c = 1; c < nr_ids; c++)
+		if (pcpu_cpu_state(c) & PCPU_CPU_ONLINE)
+			CHECK_EQ(pcpu_sim_cpu_offline(c), 0);
+	CHECK_EQ(pcpu_sim_cpu_offline(0), -EBUSY);
+	CHECK(pcpu_cpu_state(0) & PCPU_CPU_READY);
+	CHECK_EQ(pcpu_validate(), 0);
+}
+
+static int run_sim(void)
+{
+	nr_ids = pcpu_nr_cpu_ids();
+	fprintf(stderr, "sim: %d cpu ids, path %s\n", nr_ids,
+		pcpu_path() == PCPU_PATH_RSEQ ? "rseq" : "atomic");
+	CHECK(pcpu_path() == PCPU_PATH_ATOMIC);
+	REQUIRE(nr_ids >= 128);
+	test_api();
+	test_alloc_init();
+	test_callbacks();
+	test_os_failure();
+	test_storm();
+	test_percpu_counter_and_stats();
+	return 0;
+}
+
+int main(void)
+{
+	const char *s = getenv("PCPU_TEST_SCALE");
+	if (s && !strcmp(s, "valgrind"))
+		scale = 20;
+	setenv("PCPU_BALANCE", "0", 1);
+
+	if (!getenv("PCPU_SIM_POSSIBLE")) {
+		fflush(stderr);
+		pid_t pid = fork();
+		REQUIRE(pid >= 0);
+		if (pid == 0)
+			_exit(run_real());
+		int st = 0;
+		REQUIRE(waitpid(pid, &st, 0) == pid);
+		CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+		REQUIRE(pcpu_sim_configure(1024, "0-15") == 0);
+	}
+	run_sim();
+	return check_done();
+}
