@@ -632,8 +632,22 @@ static void *storm_worker(void *arg)
 					atomic_fetch_add(&bad_init_reads, 1);
 				pcpu_add(p, 1L);
 			}
-			if (z && pcpu_read(z) != 0)
+			long zv;
+			if (z && (zv = pcpu_read(z)) != 0) {
 				atomic_fetch_add(&bad_zero_reads, 1);
+				int me = pcpu_this_cpu();
+				fprintf(stderr, "bad zero read: %ld on index %d "
+					"(state %#x) at %p\n", zv, me,
+					me < pcpu_nr_cpu_ids() ?
+						pcpu_cpu_state(me) : 0,
+					(void *)z);
+				for (int k = 0; k <= pcpu_nr_cpu_ids(); k++)
+					if (k == pcpu_nr_cpu_ids() ||
+					    (pcpu_cpu_state(k) & PCPU_CPU_BACKED))
+						if (*pcpu_ptr(z, k))
+							fprintf(stderr, "  copy %d: %ld\n",
+								k, *pcpu_ptr(z, k));
+			}
 			pcpu_free(p);
 			pcpu_free(z);
 		}
