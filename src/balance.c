@@ -150,7 +150,7 @@ static void start_worker(void)
 {
 	const char *env = getenv("PCPU_BALANCE");
 	if (env && !strcmp(env, "0")) {
-		worker_state = -1;
+		__atomic_store_n(&worker_state, -1, __ATOMIC_RELEASE);
 		return;
 	}
 	env = getenv("PCPU_BALANCE_INTERVAL_MS");
@@ -159,7 +159,7 @@ static void start_worker(void)
 	min_gap_ms = interval_ms / 10 > 10 ? interval_ms / 10 : 10;
 	wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (wake_fd < 0) {
-		worker_state = -1;
+		__atomic_store_n(&worker_state, -1, __ATOMIC_RELEASE);
 		return;
 	}
 	psi_fd = open_psi();
@@ -180,10 +180,10 @@ static void start_worker(void)
 		if (psi_fd >= 0)
 			close(psi_fd);
 		psi_fd = -1;
-		worker_state = -1;
+		__atomic_store_n(&worker_state, -1, __ATOMIC_RELEASE);
 		return;
 	}
-	worker_state = 1;
+	__atomic_store_n(&worker_state, 1, __ATOMIC_RELEASE);
 	static bool atexit_done;
 	if (!atexit_done) {
 		atexit_done = true;
@@ -196,7 +196,7 @@ void _pcpu_balance_start(void)
 	if (PCPU_LIKELY(__atomic_load_n(&worker_state, __ATOMIC_ACQUIRE)))
 		return;
 	pthread_mutex_lock(&worker_lock);
-	if (!worker_state)
+	if (!__atomic_load_n(&worker_state, __ATOMIC_ACQUIRE))
 		start_worker();
 	pthread_mutex_unlock(&worker_lock);
 }
@@ -240,7 +240,7 @@ void _pcpu_balance_atfork_child(void)
 	wake_fd = psi_fd = -1;
 	kick_pending = grow_pending = 0;
 	stopping = 0;
-	worker_state = 0;
+	__atomic_store_n(&worker_state, 0, __ATOMIC_RELEASE);
 	pthread_mutex_init(&worker_lock, NULL);
 }
 

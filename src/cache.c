@@ -1249,6 +1249,7 @@ bool _pcpu_cache_free(void *p)
 	 * in the used snapshot zero_used takes after */
 	_pcpu_hotplug_object_freed(p, size);
 	zero_used(p, size);
+	_pcpu_hotplug_object_zeroed();
 	__atomic_store_n(state, 0, __ATOMIC_RELEASE);
 
 	if (PCPU_LIKELY(__atomic_load_n(&cache_mode, __ATOMIC_RELAXED) ==

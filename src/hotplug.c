@@ -177,6 +177,8 @@ static unsigned long free_gen, scanned_gen; /* pcpu_free count, atomic */
  * released); only then does a free count in free_gen, so that pcpu_free
  * writes no shared line in the common case */
 static int lingering;
+#define HP_RESCAN_NS (10 * 1000000000LL) /* a lingering CPU's rescan */
+static long long next_rescan_ns; /* hp_lock */
 
 /* Longest stretch the hotplug context held the allocator lock or rec_lock
  * (fill, scan, discard): wall time and the thread's CPU time, in ns; for
@@ -320,6 +322,29 @@ static unsigned int probe_phase;
 static unsigned int probe_next_stripe;
 static __thread unsigned int tls_probe_stripe = ~0u;
 static uintptr_t *pop_lo, *pop_hi; /* last range populated per index */
+
+/* A ring of the last unit transitions, for _pcpu_hotplug_debug (what
+ * happened to an index, when a test finds a copy it did not expect). */
+#define HP_EV_RING 1024
+struct hp_ev {
+	unsigned long seq;
+	int idx;
+	char what; /* b begin, f fill done, p publish, a abort (arg: wrote),
+		      r release (arg: discard error), d dirty discard */
+	int arg;
+};
+static struct hp_ev hp_evs[HP_EV_RING];
+static unsigned long hp_ev_seq;
+
+static void hp_event(int idx, char what, int arg)
+{
+	unsigned long n = __atomic_fetch_add(&hp_ev_seq, 1, __ATOMIC_RELAXED);
+	struct hp_ev *e = &hp_evs[n % HP_EV_RING];
+	__atomic_store_n(&e->idx, idx, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->what, what, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->arg, arg, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->seq, n + 1, __ATOMIC_RELEASE);
+}
 
 /* ---- bit helpers ---- */
 
@@ -677,6 +702,7 @@ static int unit_begin(int idx, bool wait)
 	}
 	unit_state[idx] = UNIT_PREP;
 	pthread_mutex_unlock(&unit_lock);
+	hp_event(idx, 'b', wait);
 	return 0;
 }
 
@@ -686,10 +712,14 @@ static void coming_on(int idx)
 	__atomic_add_fetch(&nr_coming, 1, __ATOMIC_SEQ_CST);
 }
 
+/* Idempotent: an abort after a fill that returned before coming_on (a
+ * dirty unit) must not count down. */
 static void coming_off(int idx)
 {
-	bit_off(&hp_coming, idx);
-	__atomic_sub_fetch(&nr_coming, 1, __ATOMIC_SEQ_CST);
+	uint64_t bit = (uint64_t)1 << (idx % 64);
+	if (__atomic_fetch_and(&hp_coming.bits[idx / 64], ~bit,
+			       __ATOMIC_SEQ_CST) & bit)
+		__atomic_sub_fetch(&nr_coming, 1, __ATOMIC_SEQ_CST);
 }
 
 /*
@@ -759,6 +789,7 @@ static int unit_fill(int idx, bool ctx)
 		if (unit_discard(idx))
 			return -ENOMEM;
 		bit_off(&hp_dirty, idx);
+		hp_event(idx, 'd', 0);
 	}
 	coming_on(idx);
 	/* Dekker with pcpu_alloc_init (count up, then read coming): either
@@ -797,6 +828,7 @@ static int unit_fill(int idx, bool ctx)
 static void unit_publish(int idx, bool as_cpu, bool as_other)
 {
 	pthread_mutex_lock(&unit_lock);
+	hp_event(idx, 'p', as_cpu);
 	bit_on(&_pcpu_g.used, idx);
 	unit_state[idx] = UNIT_USED;
 	if (as_other)
@@ -829,8 +861,10 @@ static void unit_abort(int idx, bool ctx)
 		pthread_mutex_unlock(&_pcpu_alloc_lock);
 	bool wrote = !synced || bit_get(&hp_touched, idx);
 	bit_off(&hp_touched, idx);
-	if (wrote && ctx && unit_discard(idx) == 0)
+	int dr = 0;
+	if (wrote && ctx && (dr = unit_discard(idx)) == 0)
 		wrote = false;
+	hp_event(idx, 'a', (wrote ? 1 : 0) | (ctx ? 2 : 0) | (dr ? 4 : 0));
 	pthread_mutex_lock(&unit_lock);
 	if (wrote) {
 		bit_on(&hp_dirty, idx);
@@ -1018,6 +1052,7 @@ static int unit_release(int idx)
 	/* A pcpu_free that saw the used bit finishes before the discard
 	 * (both under the allocator lock); later ones skip this index. */
 	int r = unit_discard(idx);
+	hp_event(idx, 'r', r);
 	pthread_mutex_lock(&unit_lock);
 	if (r)
 		bit_on(&hp_dirty, idx);
@@ -1143,7 +1178,12 @@ static int cpu_down_locked(int k)
 	pthread_mutex_unlock(&unit_lock);
 	if (was) {
 		bool rseq = _pcpu_cpu_ok_set(k, false);
-		if (rseq && fence_cpu(k)) {
+		/* mm_cid k (counters' slots, folded below) may run on any
+		 * CPU: then every CPU is fenced */
+		int fk = __atomic_load_n(&pcpu__fast.cid_nr, __ATOMIC_ACQUIRE)
+				 ? -1
+				 : k;
+		if (rseq && fence_cpu(fk)) {
 			pthread_mutex_lock(&unit_lock);
 			bit_on(&hp_ready, k);
 			pthread_mutex_unlock(&unit_lock);
@@ -1163,6 +1203,7 @@ static int cpu_down_locked(int k)
 	/* frees from here on count (free_gen): a release that finds values
 	   left is retried after them; the next pass recomputes this */
 	__atomic_store_n(&lingering, 1, __ATOMIC_SEQ_CST);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST); /* before the scan */
 	if (bit_get(&_pcpu_g.used, k))
 		unit_release(k); /* values left: kept, retried after frees */
 	set_pending();
@@ -1201,6 +1242,7 @@ static void process_pending_locked(bool retry, bool scan)
 	/* frees during this pass count; the end of the pass says whether
 	   later ones must */
 	__atomic_store_n(&lingering, 1, __ATOMIC_SEQ_CST);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST); /* before the scans */
 	for (int w = 0; w < nw; w++) {
 		uint64_t x = word_get(&hp_wanted, w) |
 			     (retry ? word_get(&hp_failed, w) : 0);
@@ -1226,8 +1268,10 @@ static void process_pending_locked(bool retry, bool scan)
 			pthread_mutex_lock(&unit_lock);
 			bool empty = unit_state[k] == UNIT_EMPTY;
 			pthread_mutex_unlock(&unit_lock);
-			if (empty && unit_discard(k) == 0)
+			if (empty && unit_discard(k) == 0) {
 				bit_off(&hp_dirty, k);
+				hp_event(k, 'd', 1);
+			}
 		}
 		if (scan)
 			for (x = word_get(&_pcpu_g.used, w) &
@@ -1497,7 +1541,6 @@ void _pcpu_hotplug_area_freed(void *p)
  */
 void _pcpu_hotplug_object_freed(void *p, size_t bytes)
 {
-	count_free();
 	if (__atomic_load_n(&nr_recs, __ATOMIC_SEQ_CST) && rec_maybe(p)) {
 		pthread_mutex_lock(&rec_lock);
 		rec_remove(p);
@@ -1505,6 +1548,21 @@ void _pcpu_hotplug_object_freed(void *p, size_t bytes)
 	}
 	if (__atomic_load_n(&nr_coming, __ATOMIC_SEQ_CST))
 		zero_coming(p, bytes);
+}
+
+/*
+ * cache.c's second hook, after the object was zeroed (without the
+ * allocator lock, which orders chunk.c's frees against the release
+ * scan).  No fence: a full one here doubled the cost of an alloc+free
+ * pair.  So a free that races the store of `lingering` may go uncounted
+ * while the scan read its object before the zeros: the tick then rescans
+ * a lingering CPU anyway every HP_RESCAN_NS, which bounds the delay of
+ * the release instead of leaving it to the next free.
+ */
+void _pcpu_hotplug_object_zeroed(void)
+{
+	__asm__ __volatile__("" ::: "memory");
+	count_free();
 }
 
 /* ---- detection ---- */
@@ -1775,6 +1833,14 @@ void _pcpu_hotplug_tick(void)
 	}
 	unsigned long gen = __atomic_load_n(&free_gen, __ATOMIC_RELAXED);
 	bool scan = gen != __atomic_load_n(&scanned_gen, __ATOMIC_RELAXED);
+	if (__atomic_load_n(&lingering, __ATOMIC_SEQ_CST)) {
+		/* frees racing the scan may have gone uncounted */
+		long long t = now ? now : now_ns();
+		if (t >= next_rescan_ns) {
+			scan = true;
+			next_rescan_ns = t + HP_RESCAN_NS;
+		}
+	}
 	if (scan)
 		__atomic_store_n(&scanned_gen, gen, __ATOMIC_RELAXED);
 	if (pending || scan)
@@ -1982,4 +2048,31 @@ void _pcpu_hotplug_atfork_child(void)
 		close(nl_fd);
 	nl_fd = -1;
 	nl_tried = false;
+}
+
+/* Test support: what libpcpu knows of @p's copy on @idx, and the last
+ * unit transitions of @idx, on @f. */
+void _pcpu_hotplug_debug(FILE *f, const void *p, int idx)
+{
+	pthread_mutex_lock(&rec_lock);
+	const struct hp_rec *r = rec_lookup(p);
+	fprintf(f, "  %p: record %s (size %u); index %d: state %d used %d "
+		   "ready %d coming %d touched %d dirty %d\n",
+		p, r ? "yes" : "no", r ? r->size : 0, idx,
+		idx <= _pcpu_g.nr_ids ? unit_state[idx] : -1,
+		bit_get(&_pcpu_g.used, idx), bit_get(&hp_ready, idx),
+		bit_get(&hp_coming, idx), bit_get(&hp_touched, idx),
+		bit_get(&hp_dirty, idx));
+	pthread_mutex_unlock(&rec_lock);
+	unsigned long end = __atomic_load_n(&hp_ev_seq, __ATOMIC_ACQUIRE);
+	unsigned long start = end > HP_EV_RING ? end - HP_EV_RING : 0;
+	fprintf(f, "  events of index %d (of the last %lu):", idx,
+		end - start);
+	for (unsigned long n = start; n < end; n++) {
+		const struct hp_ev *e = &hp_evs[n % HP_EV_RING];
+		if (__atomic_load_n(&e->seq, __ATOMIC_ACQUIRE) == n + 1 &&
+		    e->idx == idx)
+			fprintf(f, " %lu:%c%d", n, e->what, e->arg);
+	}
+	fputc('\n', f);
 }

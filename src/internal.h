@@ -377,6 +377,9 @@ void _pcpu_hotplug_area_freed(void *p);
  * its class size.  Takes the init table's lock only when the object has
  * an init record (a lock-free probe of the table's index). */
 void _pcpu_hotplug_object_freed(void *p, size_t bytes);
+/* After that object was zeroed: counts the free for the release rescan
+ * of CPUs waiting for frees (a fence, then one load in the common case). */
+void _pcpu_hotplug_object_zeroed(void);
 
 /*
  * For the balance worker, about once a second: drain CPU uevents, re-read
@@ -385,6 +388,7 @@ void _pcpu_hotplug_object_freed(void *p, size_t bytes);
  * do (simulation, nothing pending); never blocks on the hotplug mutex.
  */
 void _pcpu_hotplug_tick(void);
+void _pcpu_hotplug_debug(FILE *f, const void *p, int idx);
 
 /* Fork (cpu.c's handlers): prepare takes the unit lock after the init
  * lock and before the cpu lock; the child forgets the uevent socket and
@@ -461,12 +465,6 @@ void _pcpu_cache_tick(bool pressure);
  * (objects already out stay valid: frees find their pagesets). */
 void _pcpu_cache_set_mode(int mode, size_t max_size);
 int _pcpu_cache_mode(void);
-
-/* hotplug.c, for pcpu_free of a pageset object, before cache.c zeroes
- * it on the used indexes: forget its initial value (pcpu_alloc_init) and
- * zero it on indexes being set up, like _pcpu_hotplug_area_freed does for
- * areas.  Context: no lock held; cheap when neither exists. */
-void _pcpu_hotplug_object_freed(void *p, size_t bytes);
 
 /* Defined in chunk.c for cache.c; Context: alloc_lock held.
  * _pcpu_chunk_page_get: a page-sized, page-aligned area for a pageset

@@ -1727,6 +1727,9 @@ static void test_oom(void)
 	struct child c;
 	oom_fail_at = 0;
 	oom_shared->mmaps = -1;
+	/* every child starts from the same chunks: trimmed, a state the
+	   balance worker of this process leaves alone */
+	pcpu_trim();
 	run_child(NULL, NULL, oom_workload, NULL, 120, &c);
 	if (!child_ok(&c))
 		child_echo("oom dry run", &c);
@@ -1739,6 +1742,7 @@ static void test_oom(void)
 		oom_fail_at = n;
 		oom_shared->mmaps = -1;
 		oom_shared->fails = -1;
+		pcpu_trim();
 		run_child(NULL, NULL, oom_workload, NULL, 120, &c);
 		if (!child_ok(&c)) {
 			char name[32];

@@ -644,9 +644,11 @@ static void *storm_worker(void *arg)
 				for (int k = 0; k <= pcpu_nr_cpu_ids(); k++)
 					if (k == pcpu_nr_cpu_ids() ||
 					    (pcpu_cpu_state(k) & PCPU_CPU_BACKED))
-						if (*pcpu_ptr(z, k))
+						if (*pcpu_ptr(z, k)) {
 							fprintf(stderr, "  copy %d: %ld\n",
 								k, *pcpu_ptr(z, k));
+							_pcpu_hotplug_debug(stderr, z, k);
+						}
 			}
 			pcpu_free(p);
 			pcpu_free(z);
@@ -814,6 +816,65 @@ static void test_percpu_counter_and_stats(void)
 	CHECK_EQ(pcpu_validate(), 0);
 }
 
+/*
+ * A unit whose discard failed (dirty) and whose next bring-up failed on
+ * that discard again: the abort must not count the unit out of "coming"
+ * twice.  (It did: the count of coming units went negative, the next
+ * bring-up looked like none to pcpu_free, and a freed pcpu_alloc_init
+ * area kept its initial value on the new CPU, so a later pcpu_alloc got
+ * an object reading 77 there.)
+ */
+static long *dirty_victim;
+static int dirty_cpu = 40;
+
+static int free_victim_online(int cpu, void *arg)
+{
+	(void)arg;
+	if (cpu == dirty_cpu && dirty_victim) {
+		pcpu_free(dirty_victim); /* while the CPU is coming */
+		dirty_victim = NULL;
+	}
+	return 0;
+}
+
+static void test_dirty_unit(void)
+{
+	int c = dirty_cpu;
+	int h = pcpu_hotplug_register("free-victim", free_victim_online, NULL,
+				      NULL);
+	REQUIRE(h >= 0);
+	CHECK_EQ(pcpu_sim_cpu_online(c), 0);
+	/* the release's discard fails: the unit is left dirty */
+	_pcpu_os_fault_set(PCPU_OS_MADVISE, 1);
+	CHECK_EQ(pcpu_sim_cpu_offline(c), 0);
+	_pcpu_os_fault_set(PCPU_OS_MADVISE, 0);
+	CHECK(!(pcpu_cpu_state(c) & PCPU_CPU_BACKED));
+	/* the bring-up's discard of the dirty unit fails too */
+	_pcpu_os_fault_set(PCPU_OS_MADVISE, 1);
+	CHECK_EQ(pcpu_sim_cpu_online(c), -ENOMEM);
+	_pcpu_os_fault_set(PCPU_OS_MADVISE, 0);
+	CHECK(!(pcpu_cpu_state(c) & PCPU_CPU_READY));
+	CHECK_EQ(pcpu_sim_cpu_offline(c), 0);
+
+	long init = 77;
+	dirty_victim = pcpu_alloc_init(sizeof(long), 0, &init);
+	REQUIRE(dirty_victim);
+	CHECK_EQ(pcpu_sim_cpu_online(c), 0); /* frees the victim */
+	CHECK(dirty_victim == NULL);
+	long *z[64];
+	int bad = 0;
+	for (int i = 0; i < 64; i++) {
+		z[i] = pcpu_alloc(sizeof(long), 0);
+		REQUIRE(z[i]);
+		bad += *pcpu_ptr(z[i], c) != 0;
+	}
+	CHECK_EQ(bad, 0);
+	for (int i = 0; i < 64; i++)
+		pcpu_free(z[i]);
+	CHECK_EQ(pcpu_hotplug_unregister(h), 0);
+	CHECK_EQ(pcpu_validate(), 0);
+}
+
 static int run_sim(void)
 {
 	nr_ids = pcpu_nr_cpu_ids();
@@ -825,6 +886,7 @@ static int run_sim(void)
 	test_alloc_init();
 	test_callbacks();
 	test_os_failure();
+	test_dirty_unit();
 	test_storm();
 	test_percpu_counter_and_stats();
 	return 0;
