@@ -56,22 +56,40 @@ size_t pcpu_alloc_max(void);
  * pcpu_alloc_nonblock - like pcpu_alloc, for contexts that must not block
  * (the kernel's atomic allocations): never maps memory, never sleeps on
  * the allocator lock, serves only from chunks already reserved.  NULL with
- * errno EAGAIN when it cannot (the balance worker is then asked to reserve
- * room), EINVAL as pcpu_alloc.
+ * errno EAGAIN when it cannot (a running balance worker is then asked to
+ * reserve room; it is never started from here), EINVAL as pcpu_alloc.
+ * Usable from a signal handler once the library is initialised (the
+ * allocator lock only ever with trylock, no memory mapped, no malloc).
  */
 void *pcpu_alloc_nonblock(size_t size, size_t align);
 
 /*
+ * The balance worker: a background thread, started by the first
+ * allocation and never needed for correctness, that depopulates chunks
+ * whose backed pages are more than a quarter empty (docs/DESIGN.md,
+ * "Reclaim"), unmaps fully free chunks beyond one spare, reserves a chunk
+ * after a failed pcpu_alloc_nonblock, drains idle object caches, answers
+ * memory pressure (a PSI trigger on the cgroup's memory.pressure or
+ * /proc/pressure/memory: a trim at once) and notices CPUs that came or
+ * went.  Environment: PCPU_BALANCE=0 (no worker), PCPU_BALANCE_INTERVAL_MS
+ * (its period, default 1000).  Other environment variables: PCPU_INDEX
+ * (cpu|cid), PCPU_STATS (1|json), PCPU_CACHE, PCPU_CACHE_MAX,
+ * PCPU_CACHE_IDLE_MS (below), PCPU_SIM_POSSIBLE and PCPU_SIM_ONLINE
+ * (simulation), PCPU_FAULT=mmap:N|madvise:N|munmap:N (the Nth call of
+ * that kind fails: fault injection for tests).
+ *
  * pcpu_balance - one pass of what the balance worker does, now: reserve
  * room for non-blocking allocations if one failed, release the empty pages
  * of chunks marked for depopulation down to the high watermark (4 empty
- * pages), unmap fully free chunks beyond one spare.  Returns 0.
+ * pages), unmap fully free chunks beyond one spare, drain idle caches,
+ * process CPU changes.  Returns 0.
  */
 int pcpu_balance(void);
 
 /*
  * pcpu_trim - release everything releasable now (like malloc_trim): every
- * empty page of every chunk, every fully free chunk but one.  Returns 1
+ * cached object back to its pageset and every empty pageset (pcpu_drain),
+ * every empty page of every chunk, every fully free chunk but one.  Returns 1
  * if memory was released, 0 if there was nothing to release.
  */
 int pcpu_trim(void);
