@@ -1848,7 +1848,9 @@ void _pcpu_hotplug_tick(void)
 	hp_unlock_ctx();
 }
 
-int pcpu_sim_cpu_online(int cpu)
+/* The checks of pcpu_sim_cpu_online/offline; on 0 the hotplug context
+ * is entered (hp_lock held). */
+static int sim_enter(int cpu)
 {
 	_pcpu_ensure_init();
 	if (!hp_sim)
@@ -1858,6 +1860,14 @@ int pcpu_sim_cpu_online(int cpu)
 	if (tls_hp_held)
 		return -EDEADLK;
 	hp_lock_ctx();
+	return 0;
+}
+
+int pcpu_sim_cpu_online(int cpu)
+{
+	int e = sim_enter(cpu);
+	if (e)
+		return e;
 	bit_on(&hp_online, cpu);
 	bit_on(&hp_allowed, cpu);
 	bit_on(&hp_up, cpu);
@@ -1870,14 +1880,9 @@ int pcpu_sim_cpu_online(int cpu)
 
 int pcpu_sim_cpu_offline(int cpu)
 {
-	_pcpu_ensure_init();
-	if (!hp_sim)
-		return -ENOENT;
-	if (cpu < 0 || cpu >= _pcpu_g.nr_ids)
-		return -EINVAL;
-	if (tls_hp_held)
-		return -EDEADLK;
-	hp_lock_ctx();
+	int e = sim_enter(cpu);
+	if (e)
+		return e;
 	int r = 0, online = 0;
 	for (int w = 0; w < nr_words(); w++)
 		online += __builtin_popcountll(word_get(&hp_online, w));

@@ -6,9 +6,12 @@
 #define PCPU_TESTS_CPUS_H
 
 #include <sched.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "check.h"
+#include "pcpu/pcpu.h"
 
 static int nr_real_cpus;
 static int real_cpus[CPU_SETSIZE];
@@ -47,6 +50,22 @@ static inline void unpin_self(void)
 	for (int i = 0; i < nr_real_cpus; i++)
 		CPU_SET(real_cpus[i], &set);
 	sched_setaffinity(0, sizeof(set), &set);
+}
+
+/* Checks the path the run must be in: PCPU_TEST_PATH=rseq|atomic (set by
+ * CTest for each variant), and PCPU_TEST_INDEX=cpu|cid likewise. */
+static inline void check_test_path(void)
+{
+	const char *path = getenv("PCPU_TEST_PATH");
+	const char *index = getenv("PCPU_TEST_INDEX");
+	if (path && !strcmp(path, "rseq"))
+		CHECK(pcpu_path() == PCPU_PATH_RSEQ);
+	if (path && !strcmp(path, "atomic"))
+		CHECK(pcpu_path() == PCPU_PATH_ATOMIC);
+	if (index && !strcmp(index, "cid"))
+		CHECK(pcpu_index_mode() == PCPU_INDEX_CID);
+	if (index && !strcmp(index, "cpu"))
+		CHECK(pcpu_index_mode() == PCPU_INDEX_CPU);
 }
 
 #endif

@@ -213,11 +213,7 @@ static void map_clear(void)
 
 static void check_mode(void)
 {
-	const char *path = getenv("PCPU_TEST_PATH");
-	if (path && !strcmp(path, "rseq"))
-		CHECK(pcpu_path() == PCPU_PATH_RSEQ);
-	if (path && !strcmp(path, "atomic"))
-		CHECK(pcpu_path() == PCPU_PATH_ATOMIC);
+	check_test_path();
 	fprintf(stderr, "test_cache: path %s, index %s, %d cpu ids, %d real "
 			"cpus, cache mode %d\n",
 		pcpu_path() == PCPU_PATH_RSEQ ? "rseq" : "atomic",

@@ -65,12 +65,8 @@ static bool sim_mode(void)
 
 static void check_mode(void)
 {
-	const char *path = getenv("PCPU_TEST_PATH");
 	pcpu_init();
-	if (path && !strcmp(path, "rseq"))
-		CHECK(pcpu_path() == PCPU_PATH_RSEQ);
-	if (path && !strcmp(path, "atomic"))
-		CHECK(pcpu_path() == PCPU_PATH_ATOMIC);
+	check_test_path();
 	fprintf(stderr, "mode: path %s, index %s, %d cpu ids, mm_cid fast "
 			"path %s\n",
 		pcpu_path() == PCPU_PATH_RSEQ ? "rseq" : "atomic",

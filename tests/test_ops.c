@@ -42,16 +42,7 @@ static void setup_scale(void)
 
 static void check_mode(void)
 {
-	const char *path = getenv("PCPU_TEST_PATH");
-	const char *index = getenv("PCPU_TEST_INDEX");
-	if (path && !strcmp(path, "rseq"))
-		CHECK(pcpu_path() == PCPU_PATH_RSEQ);
-	if (path && !strcmp(path, "atomic"))
-		CHECK(pcpu_path() == PCPU_PATH_ATOMIC);
-	if (index && !strcmp(index, "cid"))
-		CHECK(pcpu_index_mode() == PCPU_INDEX_CID);
-	if (index && !strcmp(index, "cpu"))
-		CHECK(pcpu_index_mode() == PCPU_INDEX_CPU);
+	check_test_path();
 	fprintf(stderr, "mode: path %s, index %s, %d cpu ids\n",
 		pcpu_path() == PCPU_PATH_RSEQ ? "rseq" : "atomic",
 		pcpu_index_mode() == PCPU_INDEX_CID ? "cid" : "cpu",

@@ -75,11 +75,7 @@ static void hop(unsigned *seed)
 
 static void check_mode(void)
 {
-	const char *path = getenv("PCPU_TEST_PATH");
-	if (path && !strcmp(path, "rseq"))
-		CHECK(pcpu_path() == PCPU_PATH_RSEQ);
-	if (path && !strcmp(path, "atomic"))
-		CHECK(pcpu_path() == PCPU_PATH_ATOMIC);
+	check_test_path();
 	fprintf(stderr, "mode: path %s, %d cpu ids%s\n",
 		pcpu_path() == PCPU_PATH_RSEQ ? "rseq" : "atomic",
 		pcpu_nr_cpu_ids(), sim ? ", simulated" : "");
