@@ -1203,7 +1203,6 @@ static int cpu_down_locked(int k)
 	/* frees from here on count (free_gen): a release that finds values
 	   left is retried after them; the next pass recomputes this */
 	__atomic_store_n(&lingering, 1, __ATOMIC_SEQ_CST);
-	__atomic_thread_fence(__ATOMIC_SEQ_CST); /* before the scan */
 	if (bit_get(&_pcpu_g.used, k))
 		unit_release(k); /* values left: kept, retried after frees */
 	set_pending();
@@ -1242,7 +1241,6 @@ static void process_pending_locked(bool retry, bool scan)
 	/* frees during this pass count; the end of the pass says whether
 	   later ones must */
 	__atomic_store_n(&lingering, 1, __ATOMIC_SEQ_CST);
-	__atomic_thread_fence(__ATOMIC_SEQ_CST); /* before the scans */
 	for (int w = 0; w < nw; w++) {
 		uint64_t x = word_get(&hp_wanted, w) |
 			     (retry ? word_get(&hp_failed, w) : 0);
