@@ -97,7 +97,11 @@ static struct pcpu_chunk *next_candidate(const char *after, bool all)
 		if (c->base <= after || c->state == PCPU_CHUNK_ISOLATED ||
 		    !c->nr_empty_pop_pages)
 			continue;
-		if (all || c->to_depopulate)
+		/* also a chunk that crossed the quarter when the global
+		   count was low, so that its free did not mark it */
+		if (all || c->to_depopulate ||
+		    (c->nr_empty_pop_pages * 4 > c->nr_pop_pages &&
+		     _pcpu_nr_chunks >= 2))
 			return c;
 	}
 	return NULL;

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "pcpu/pcpu.h"
@@ -66,6 +67,22 @@ static inline void check_test_path(void)
 		CHECK(pcpu_index_mode() == PCPU_INDEX_CID);
 	if (index && !strcmp(index, "cpu"))
 		CHECK(pcpu_index_mode() == PCPU_INDEX_CPU);
+}
+
+/* In a forked child: applies @env (NAME=VALUE sets, NAME alone unsets;
+ * NULL-terminated), then re-executes @self with the one argument @mode.
+ * Returns only if the exec failed. */
+static inline void exec_self_with_env(const char *self, const char *mode,
+				      const char *const *env)
+{
+	for (const char *const *e = env; e && *e; e++) {
+		if (strchr(*e, '='))
+			putenv(strdup(*e));
+		else
+			unsetenv(*e);
+	}
+	char *argv[] = { (char *)self, (char *)mode, NULL };
+	execv(self, argv);
 }
 
 #endif

@@ -291,14 +291,7 @@ static void run_child(const char *mode, const char *const *env,
 		dup2(fds[1], 2);
 		close(fds[1]);
 		if (mode) {
-			for (const char *const *e = env; e && *e; e++) {
-				if (strchr(*e, '='))
-					putenv(strdup(*e));
-				else
-					unsetenv(*e);
-			}
-			char *argv[] = { self_exe, (char *)mode, NULL };
-			execv(self_exe, argv);
+			exec_self_with_env(self_exe, mode, env);
 			fprintf(stderr, "execv %s: %s\n", self_exe,
 				strerror(errno));
 			_exit(127);

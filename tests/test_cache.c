@@ -954,14 +954,7 @@ static int run_mode(const char *mode, const char *const *env)
 	pid_t pid = fork();
 	REQUIRE(pid >= 0);
 	if (pid == 0) {
-		for (const char *const *e = env; e && *e; e++) {
-			if (strchr(*e, '='))
-				putenv(strdup(*e));
-			else
-				unsetenv(*e);
-		}
-		char *argv[] = { self_exe, (char *)mode, NULL };
-		execv(self_exe, argv);
+		exec_self_with_env(self_exe, mode, env);
 		_exit(127);
 	}
 	int rc = wait_child(pid);
