@@ -153,12 +153,16 @@ struct pageset {
 enum { LIST_PARTIAL, LIST_FULL, LIST_EMPTY, NR_LISTS, LIST_NONE = NR_LISTS };
 
 /*
- * Object @i's state byte.  Sixteen objects share a 64-byte line of state
- * bytes (4 bytes of metadata per object): a refill takes a whole group of
- * 16 when it can, so that two CPUs allocating one class write different
- * lines (no false sharing on the hot path).
+ * Object @i's state byte.  Sixteen objects shared a 64-byte line at first
+ * (4 bytes of metadata per object: 8.5 bytes per 8-byte object, 1.59x
+ * the ideal resident memory in pcpu-bench mem); now a line holds the
+ * states of a group of 64 objects, one word of the free map, 1 byte per
+ * object.  A refill takes from a whole free group when it can (16 of its
+ * 64), so that two CPUs allocating one class write different lines; the
+ * 128- and 256-byte classes have fewer than 64 objects a page and share
+ * one line.
  */
-#define STATE_GROUP 16
+#define STATE_GROUP 64
 static inline unsigned char *state_of(const struct pageset *ps, size_t i)
 {
 	return &ps->state[(i / STATE_GROUP) * 64 + i % STATE_GROUP];
@@ -601,9 +605,7 @@ static int free_group(const struct pageset *ps, unsigned int g0)
 	unsigned int ng = ps->nr_objs / STATE_GROUP;
 	for (unsigned int i = 0; i < ng; i++) {
 		unsigned int g = (g0 + i) % ng;
-		uint64_t w = ps->free_map[g * STATE_GROUP / 64] >>
-			     (g * STATE_GROUP % 64);
-		if ((w & 0xffff) == 0xffff)
+		if (ps->free_map[g] == ~(uint64_t)0) /* a group is a word */
 			return (int)g;
 	}
 	return -1;
@@ -639,6 +641,8 @@ static size_t shared_take(unsigned int cls, size_t n, void **out, int idx,
 		for (int c = 0; c < nc; c++) {
 			struct pageset *ps = cand[c];
 			unsigned int ng = ps->nr_objs / STATE_GROUP;
+			if (!ng)
+				continue; /* 128 and 256 bytes: one line */
 			int g = free_group(ps, (unsigned int)idx % ng);
 			if (g < 0)
 				continue;
@@ -1553,8 +1557,9 @@ void _pcpu_cache_stats(struct pcpu_stats *st)
 	st->cache_flushes = nr_flushes;
 	st->cache_pagesets = nr_pagesets;
 	st->metadata_bytes +=
-		nr_pagesets * (sizeof(struct pageset) + _pcpu_g.page_size +
-			       _pcpu_g.page_size / 32) +
+		nr_pagesets * (sizeof(struct pageset) +
+			       _pcpu_g.page_size / 4 + /* state bytes */
+			       _pcpu_g.page_size / 32) + /* free map */
 		(uint64_t)nr_cache_list * sizeof(struct cache_cpu);
 	pthread_mutex_unlock(&_pcpu_alloc_lock);
 	st->cache_objs_cached = cached;
