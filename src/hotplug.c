@@ -329,8 +329,9 @@ static uintptr_t *pop_lo, *pop_hi; /* last range populated per index */
 struct hp_ev {
 	unsigned long seq;
 	int idx;
-	char what; /* b begin, f fill done, p publish, a abort (arg: wrote),
-		      r release (arg: discard error), d dirty discard */
+	char what; /* b begin, p publish, a abort (arg: wrote | ctx << 1 |
+		      discard failed << 2), r release (arg: discard error),
+		      d dirty unit discarded */
 	int arg;
 };
 static struct hp_ev hp_evs[HP_EV_RING];
@@ -2074,8 +2075,10 @@ void _pcpu_hotplug_debug(FILE *f, const void *p, int idx)
 	for (unsigned long n = start; n < end; n++) {
 		const struct hp_ev *e = &hp_evs[n % HP_EV_RING];
 		if (__atomic_load_n(&e->seq, __ATOMIC_ACQUIRE) == n + 1 &&
-		    e->idx == idx)
-			fprintf(f, " %lu:%c%d", n, e->what, e->arg);
+		    __atomic_load_n(&e->idx, __ATOMIC_RELAXED) == idx)
+			fprintf(f, " %lu:%c%d", n,
+				__atomic_load_n(&e->what, __ATOMIC_RELAXED),
+				__atomic_load_n(&e->arg, __ATOMIC_RELAXED));
 	}
 	fputc('\n', f);
 }

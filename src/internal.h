@@ -378,7 +378,7 @@ void _pcpu_hotplug_area_freed(void *p);
  * an init record (a lock-free probe of the table's index). */
 void _pcpu_hotplug_object_freed(void *p, size_t bytes);
 /* After that object was zeroed: counts the free for the release rescan
- * of CPUs waiting for frees (a fence, then one load in the common case). */
+ * of CPUs waiting for frees (one load in the common case). */
 void _pcpu_hotplug_object_zeroed(void);
 
 /*
