@@ -835,6 +835,8 @@ int _pcpu_validate_locked(void)
 int pcpu_validate(void)
 {
 	_pcpu_ensure_init();
+	if (_pcpu_hotplug_validate())
+		return -EUCLEAN;
 	pthread_mutex_lock(&_pcpu_alloc_lock);
 	int ret = _pcpu_validate_locked();
 	pthread_mutex_unlock(&_pcpu_alloc_lock);

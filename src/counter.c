@@ -279,24 +279,16 @@ static void atomic_word_add(struct pcpu_counter *c, int64_t v)
 /* ------------------------------------------------------------------ */
 /* Indexes                                                             */
 
-/* The calling thread's index for a PCPU_COUNTER_PERCPU counter, made
- * used. */
-static int percpu_index(int64_t *s)
+/*
+ * The calling thread's index for a PCPU_COUNTER_PERCPU counter (a ready
+ * CPU or the shared slot: used either way) and *@rs, whether to commit
+ * with rseq.  An atomic write to a CPU's slot happens inside that CPU's
+ * hotplug gate and ends with _pcpu_hotplug_exit(idx, *@ticket): the CPU
+ * cannot be folded and released under it, so the write is never lost.
+ */
+static int percpu_enter(bool *rs, int *ticket)
 {
-	(void)s;
-	for (;;) {
-		int idx = pcpu_this_cpu();
-		if (index_used(idx))
-			return idx;
-		_pcpu_index_make_used(idx);
-	}
-}
-
-static inline bool percpu_rseq(int idx)
-{
-	return idx < _pcpu_g.nr_ids &&
-	       __atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE) ==
-		       PCPU_PATH_RSEQ;
+	return _pcpu_slow_enter(rs, ticket);
 }
 
 /* Default mode: count @idx among the ids that may hold residue, and let
@@ -324,14 +316,15 @@ static void note_cid(struct pcpu_counter *c, int idx, bool rs)
 		;
 }
 
-/* The index the slow path writes now, and whether with rseq. */
-static int slow_index(struct pcpu_counter *c, int64_t *s, bool *rs)
+/* The index the slow path writes now, and whether with rseq; the write
+ * ends with _pcpu_hotplug_exit(idx, *@ticket). */
+static int slow_index(struct pcpu_counter *c, int64_t *s, bool *rs,
+		      int *ticket)
 {
-	if (c->flags & PCPU_COUNTER_PERCPU) {
-		int idx = percpu_index(s);
-		*rs = percpu_rseq(idx);
-		return idx;
-	}
+	(void)s;
+	if (c->flags & PCPU_COUNTER_PERCPU)
+		return percpu_enter(rs, ticket);
+	*ticket = -1; /* thread ids and mm_cids: never released under it */
 	int idx = pcpu__cid_slow_index();
 	*rs = pcpu__cid_rseq(idx);
 	note_cid(c, idx, *rs);
@@ -421,10 +414,11 @@ void pcpu__counter_add_slow(struct pcpu_counter *c, int64_t v, int32_t batch)
 	}
 	for (;;) {
 		bool rs;
-		int idx = slow_index(c, s, &rs);
+		int t, idx = slow_index(c, s, &rs, &t);
 		int64_t *q = pcpu__copy(s, idx);
 		if (!rs) {
 			slot_add_atomic(c, q, v, batch);
+			_pcpu_hotplug_exit(idx, t);
 			return;
 		}
 		int r = pcpu__arch_add_bounded64(q, v, idx, c->io, batch);
@@ -658,26 +652,10 @@ int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs)
  * taken back (a decrease, always safe) and the exact path decides.
  * Returns 1 (added) or 0 (not attempted or taken back).
  */
-static int limited_far(struct pcpu_counter *c, int64_t *s, int64_t limit,
-		       int64_t v)
+/* The add of limited_far at @idx: 1 committed, 0 not attempted. */
+static int limited_far_at(struct pcpu_counter *c, int64_t *s, int64_t limit,
+			  int64_t v, int idx, bool rs)
 {
-	uint64_t seq = __atomic_load_n(&c->lim_seq, __ATOMIC_SEQ_CST);
-	if ((uint32_t)seq != 0)
-		return 0; /* an exact adder is running */
-	bool rs;
-	int idx;
-	if (c->flags & PCPU_COUNTER_PERCPU) {
-		idx = percpu_index(s); /* used before the budget is read */
-		rs = percpu_rseq(idx);
-	} else {
-		idx = pcpu__cid_slow_index();
-		rs = pcpu__cid_rseq(idx);
-		uint32_t h = __atomic_load_n(&c->hi, __ATOMIC_SEQ_CST);
-		if (idx >= _pcpu_g.nr_ids ? !(h & HI_SHARED)
-					  : (uint32_t)idx >= (h & ~HI_SHARED))
-			return 0; /* not in the budget yet: the exact path
-				     adds it */
-	}
 	uint64_t rel = __atomic_load_n(&c->fold_rel, __ATOMIC_SEQ_CST);
 	int64_t cnt = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
 	uint64_t budget = slot_budget(c, s);
@@ -686,18 +664,42 @@ static int limited_far(struct pcpu_counter *c, int64_t *s, int64_t limit,
 	    (__int128)limit)
 		return 0;
 	int64_t *q = pcpu__copy(s, idx);
-	if (rs) {
-		if (pcpu__arch_add_bounded64(q, v, idx, c->io, c->batch) != 0)
+	if (rs)
+		return pcpu__arch_add_bounded64(q, v, idx, c->io, c->batch) == 0;
+	int64_t cur = __atomic_load_n(q, __ATOMIC_RELAXED);
+	do {
+		if (!in_range(wrap_add(cur, v), c->batch))
 			return 0;
+	} while (!__atomic_compare_exchange_n(q, &cur, wrap_add(cur, v), true,
+					      __ATOMIC_RELAXED,
+					      __ATOMIC_RELAXED));
+	return 1;
+}
+
+static int limited_far(struct pcpu_counter *c, int64_t *s, int64_t limit,
+		       int64_t v)
+{
+	uint64_t seq = __atomic_load_n(&c->lim_seq, __ATOMIC_SEQ_CST);
+	if ((uint32_t)seq != 0)
+		return 0; /* an exact adder is running */
+	bool rs;
+	int t, idx;
+	if (c->flags & PCPU_COUNTER_PERCPU) {
+		idx = percpu_enter(&rs, &t); /* used before the budget is read */
 	} else {
-		int64_t cur = __atomic_load_n(q, __ATOMIC_RELAXED);
-		do {
-			if (!in_range(wrap_add(cur, v), c->batch))
-				return 0;
-		} while (!__atomic_compare_exchange_n(q, &cur, wrap_add(cur, v),
-						      true, __ATOMIC_RELAXED,
-						      __ATOMIC_RELAXED));
+		idx = pcpu__cid_slow_index();
+		rs = pcpu__cid_rseq(idx);
+		t = -1;
+		uint32_t h = __atomic_load_n(&c->hi, __ATOMIC_SEQ_CST);
+		if (idx >= _pcpu_g.nr_ids ? !(h & HI_SHARED)
+					  : (uint32_t)idx >= (h & ~HI_SHARED))
+			return 0; /* not in the budget yet: the exact path
+				     adds it */
 	}
+	int added = limited_far_at(c, s, limit, v, idx, rs);
+	_pcpu_hotplug_exit(idx, t);
+	if (!added)
+		return 0;
 	/* store (slot) - load (lim_seq) ordering against limited_exact's
 	 * RMW (lim_seq) - load (slots): one of the two sees the other */
 #ifdef PCPU_COUNTER_TSAN
@@ -736,7 +738,8 @@ static bool limited_exact(struct pcpu_counter *c, int64_t limit, int64_t v)
 		/* count this thread's slot in the budget, so that its next
 		 * limited add can take the slot path */
 		bool rs;
-		(void)slow_index(c, s, &rs);
+		int t, idx = slow_index(c, s, &rs, &t);
+		_pcpu_hotplug_exit(idx, t);
 	}
 	bool ok;
 	for (;;) {

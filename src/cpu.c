@@ -346,11 +346,14 @@ bool _pcpu_cpu_ok_set(int idx, bool on)
 }
 
 /* For writers that are not indexed by CPU (pcpu_ref's atomic route): the
- * unit of @idx is set up and kept; see _pcpu_hotplug_other. */
-void _pcpu_index_make_used(int idx)
+ * unit of @idx is set up and kept; see _pcpu_hotplug_other.  Returns the
+ * index to write: @idx, or the shared slot when @idx's unit could not be
+ * set up now (being released, locks busy). */
+int _pcpu_index_make_used(int idx)
 {
 	if (idx >= 0 && idx <= _pcpu_g.nr_ids)
-		_pcpu_hotplug_other(idx);
+		return _pcpu_hotplug_other(idx);
+	return idx;
 }
 
 /* The calling thread's raw index (may be out of range). */
@@ -459,12 +462,12 @@ int pcpu_this_cpu(void)
 }
 
 /*
- * slow_enter - the index a slow-path write uses now.  *@rseq: commit with
+ * _pcpu_slow_enter - the index a slow-path write uses now.  *@rseq: commit with
  * an rseq section (a ready CPU on the rseq path, pcpu__ok[] set); else an
  * atomic write, between _pcpu_hotplug_enter and _pcpu_hotplug_exit(idx,
  * *@ticket) (the gate of a CPU on the atomic path).
  */
-static int slow_enter(bool *rseq, int *ticket)
+int _pcpu_slow_enter(bool *rseq, int *ticket)
 {
 	_pcpu_ensure_init();
 	*rseq = __atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE) ==
@@ -485,7 +488,7 @@ static int slow_enter(bool *rseq, int *ticket)
 	{                                                                      \
 		for (;;) {                                                     \
 			bool rs;                                               \
-			int t, idx = slow_enter(&rs, &t);                      \
+			int t, idx = _pcpu_slow_enter(&rs, &t);                      \
 			uint##W##_t *q = pcpu__copy(p, idx);                   \
 			if (!rs) {                                             \
 				__atomic_fetch_add(q, v, __ATOMIC_RELAXED);    \
@@ -501,7 +504,7 @@ static int slow_enter(bool *rseq, int *ticket)
 	{                                                                      \
 		for (;;) {                                                     \
 			bool rs;                                               \
-			int t, idx = slow_enter(&rs, &t);                      \
+			int t, idx = _pcpu_slow_enter(&rs, &t);                      \
 			uint##W##_t *q = pcpu__copy(p, idx);                   \
 			if (!rs) {                                             \
 				__atomic_store_n(q, v, __ATOMIC_RELAXED);      \

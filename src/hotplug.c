@@ -153,7 +153,7 @@ static struct pcpu_cpuset hp_coming;     /* PREP units being filled */
 static struct pcpu_cpuset hp_touched;    /* PREP units written so far */
 static struct pcpu_cpuset hp_online, hp_allowed, hp_up;
 static unsigned char unit_state[PCPU_MAX_CPUS + 1]; /* unit_lock */
-static int nr_coming;  /* bits in hp_coming */
+static int nr_coming;  /* >= the bits in hp_coming (coming_on) */
 static int hp_pending; /* work for the tick */
 
 /* Callbacks: hp_lock; nr_cbs is read without it. */
@@ -707,14 +707,35 @@ static int unit_begin(int idx, bool wait)
 	return 0;
 }
 
-static void coming_on(int idx)
+void (*_pcpu_hotplug_pause)(const char *where, int idx);
+
+static void pause_point(const char *where, int idx)
 {
-	bit_on(&hp_coming, idx);
-	__atomic_add_fetch(&nr_coming, 1, __ATOMIC_SEQ_CST);
+	void (*f)(const char *, int) =
+		__atomic_load_n(&_pcpu_hotplug_pause, __ATOMIC_ACQUIRE);
+	if (f)
+		f(where, idx);
 }
 
-/* Idempotent: an abort after a fill that returned before coming_on (a
- * dirty unit) must not count down. */
+/*
+ * hp_coming and nr_coming: a free skips the coming bits when it reads
+ * nr_coming 0, so the count must never be below the bits set, at any
+ * point of the order of these seq_cst operations: count up before the bit
+ * is set, clear the bit before counting down.  (The bit first let a free
+ * read 0 after a pcpu_alloc_init had seen the bit and written the copy,
+ * and the copy kept its initial value.)  Both are idempotent: a unit is
+ * counted once however often it is marked.
+ */
+static void coming_on(int idx)
+{
+	uint64_t bit = (uint64_t)1 << (idx % 64);
+	__atomic_add_fetch(&nr_coming, 1, __ATOMIC_SEQ_CST);
+	pause_point("coming", idx);
+	if (__atomic_fetch_or(&hp_coming.bits[idx / 64], bit,
+			      __ATOMIC_SEQ_CST) & bit)
+		__atomic_sub_fetch(&nr_coming, 1, __ATOMIC_SEQ_CST);
+}
+
 static void coming_off(int idx)
 {
 	uint64_t bit = (uint64_t)1 << (idx % 64);
@@ -2041,7 +2062,11 @@ void _pcpu_hotplug_atfork_child(void)
 			}
 		}
 	}
+	/* units this thread is setting up stay coming (fork from a
+	 * callback): count what is left */
 	nr_coming = 0;
+	for (int w = 0; w < nr_words(); w++)
+		nr_coming += __builtin_popcountll(hp_coming.bits[w]);
 	hp_pending = 1;
 	pthread_cond_init(&unit_cv, NULL);
 	pthread_mutex_unlock(&rec_lock);
@@ -2052,6 +2077,54 @@ void _pcpu_hotplug_atfork_child(void)
 		close(nl_fd);
 	nl_fd = -1;
 	nl_tried = false;
+}
+
+/*
+ * The unit invariants (docs/DESIGN.md, Hotplug), under unit_lock (taken by
+ * pcpu_validate before the allocator lock): for every CPU index, ready
+ * and other-writer units are USED; a USED unit is used and an EMPTY or
+ * PREP one is not; only an EMPTY or PREP unit is dirty; only a PREP unit
+ * is coming; and with no unit in PREP nothing is coming and nr_coming is
+ * 0 (it is never below the coming bits).  Returns 0 or -EUCLEAN.
+ */
+int _pcpu_hotplug_validate(void)
+{
+	const char *bad = NULL;
+	int idx = -1, nr_prep = 0;
+
+	pthread_mutex_lock(&unit_lock);
+	for (int i = 0; i < _pcpu_g.nr_ids && !bad; i++) {
+		unsigned char st = unit_state[i];
+		bool used = bit_get(&_pcpu_g.used, i);
+		idx = i;
+		nr_prep += st == UNIT_PREP;
+		if ((bit_get(&hp_ready, i) || bit_get(&hp_other, i)) &&
+		    st != UNIT_USED)
+			bad = "ready or other-writer unit not USED";
+		else if (st == UNIT_USED && !used)
+			bad = "USED unit without its used bit";
+		else if ((st == UNIT_EMPTY || st == UNIT_PREP) && used)
+			bad = "EMPTY or PREP unit with its used bit";
+		else if (bit_get(&hp_dirty, i) && st != UNIT_EMPTY &&
+			 st != UNIT_PREP)
+			bad = "dirty unit in use";
+		else if (bit_get(&hp_coming, i) && st != UNIT_PREP)
+			bad = "coming unit not PREP";
+	}
+	if (!bad && !nr_prep) {
+		idx = -1;
+		int n = __atomic_load_n(&nr_coming, __ATOMIC_SEQ_CST);
+		for (int w = 0; w < nr_words() && !n; w++)
+			n = word_get(&hp_coming, w) != 0;
+		if (n)
+			bad = "coming count or bits without a unit in PREP";
+	}
+	pthread_mutex_unlock(&unit_lock);
+	if (!bad)
+		return 0;
+	fprintf(stderr, "libpcpu: validate: hotplug: %s (index %d)\n", bad,
+		idx);
+	return -EUCLEAN;
 }
 
 /* Test support: what libpcpu knows of @p's copy on @idx, and the last

@@ -285,9 +285,11 @@ static inline void _pcpu_ensure_init(void)
 					   __ATOMIC_ACQUIRE)))
 		_pcpu_init_slow();
 }
-/* Marks @idx (0..nr_ids) used, so its copies may be written; in the rseq
- * path that also lets the fast path commit on it. */
-void _pcpu_index_make_used(int idx);
+/* Marks @idx (0..nr_ids) used for good, so its copies may be written; in
+ * the rseq path that also lets the fast path commit on it.  Returns the
+ * index to write: @idx, or the shared slot when @idx's unit cannot be set
+ * up now. */
+int _pcpu_index_make_used(int idx);
 /* Snapshot of the used indexes (acquire loads), shared slot as bit
  * nr_ids. */
 void _pcpu_used_snapshot(struct pcpu_cpuset *out);
@@ -359,6 +361,10 @@ void _pcpu_hotplug_init(void);
  */
 int _pcpu_hotplug_enter(int raw, bool gate, int *ticket);
 void _pcpu_hotplug_exit(int idx, int ticket);
+/* The index a slow-path write of the calling thread uses now (cpu.c):
+ * *@rseq says whether to commit with an rseq section; otherwise the write
+ * is atomic and must be followed by _pcpu_hotplug_exit(idx, *@ticket). */
+int _pcpu_slow_enter(bool *rseq, int *ticket);
 
 /*
  * _pcpu_hotplug_other - make @idx usable for writes that are not indexed
@@ -388,7 +394,15 @@ void _pcpu_hotplug_object_zeroed(void);
  * do (simulation, nothing pending); never blocks on the hotplug mutex.
  */
 void _pcpu_hotplug_tick(void);
+/* The unit invariants; 0 or -EUCLEAN (reported on stderr).  Takes the
+ * unit lock: not with the allocator lock held. */
+int _pcpu_hotplug_validate(void);
 void _pcpu_hotplug_debug(FILE *f, const void *p, int idx);
+/* Test support: when set, called by the hotplug context at the named
+ * steps of a bring-up ("coming": the unit of @idx is being counted as
+ * coming), so that a test can run operations in the window between two
+ * of its stores. */
+extern void (*_pcpu_hotplug_pause)(const char *where, int idx);
 
 /* Fork (cpu.c's handlers): prepare takes the unit lock after the init
  * lock and before the cpu lock; the child forgets the uevent socket and

@@ -252,7 +252,7 @@ static bool ref_add_percpu_locked(struct pcpu_ref *ref, unsigned long v)
 		idx = _pcpu_g.nr_ids;
 		break;
 	}
-	_pcpu_index_make_used(idx);
+	idx = _pcpu_index_make_used(idx); /* kept from now on */
 	__atomic_fetch_add((unsigned long *)pcpu__copy(pc, idx), v,
 			   __ATOMIC_RELAXED);
 #ifdef REF_TSAN
