@@ -66,6 +66,61 @@ static inline const char *check_self_exe(void)
 	return path;
 }
 
+/* What the test runs under: PCPU_TEST_TSAN (0/1), PCPU_TEST_LSAN and
+ * PCPU_TEST_VALGRIND_H (defined when available). */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#define PCPU_TEST_LSAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#include <sanitizer/lsan_interface.h>
+#define PCPU_TEST_LSAN 1
+#endif
+#endif
+
+#if defined(__SANITIZE_THREAD__)
+#define PCPU_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PCPU_TEST_TSAN 1
+#endif
+#endif
+#ifndef PCPU_TEST_TSAN
+#define PCPU_TEST_TSAN 0
+#endif
+
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define PCPU_TEST_VALGRIND_H 1
+#endif
+#endif
+
+/* The named parts of a test, run in order, each timed on stderr
+ * ("-- name: 0.12 s", then what @after prints, if given). */
+#include <time.h>
+struct check_part {
+	const char *name;
+	void (*fn)(void);
+};
+
+static inline void check_run_parts(const struct check_part *parts, size_t n,
+				   void (*after)(FILE *f))
+{
+	for (size_t i = 0; i < n; i++) {
+		struct timespec t0, t1;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		parts[i].fn();
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		fprintf(stderr, "-- %s: %.2f s", parts[i].name,
+			(double)(t1.tv_sec - t0.tv_sec) +
+				(double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+		if (after)
+			after(stderr);
+		fputc('\n', stderr);
+	}
+}
+
 static inline int check_done(void)
 {
 	long f = atomic_load(&check__failed), p = atomic_load(&check__passed);

@@ -35,34 +35,6 @@
 #include "cpus.h"
 #include "internal.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/lsan_interface.h>
-#define PCPU_TEST_LSAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#include <sanitizer/lsan_interface.h>
-#define PCPU_TEST_LSAN 1
-#endif
-#endif
-
-#if defined(__SANITIZE_THREAD__)
-#define PCPU_TEST_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define PCPU_TEST_TSAN 1
-#endif
-#endif
-#ifndef PCPU_TEST_TSAN
-#define PCPU_TEST_TSAN 0
-#endif
-
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#define PCPU_TEST_VALGRIND_H 1
-#endif
-#endif
-
 static long scale = 1; /* valgrind: 50 */
 static bool heavy; /* the library validates after every alloc/free */
 static uint64_t seed = 0x9e3779b97f4a7c15ULL;
@@ -2057,6 +2029,14 @@ static void test_stats(void)
 
 /* ==================================================================== */
 
+/* After each part: how many chunks the process has. */
+static void print_chunks(FILE *f)
+{
+	struct pcpu_stats st;
+	get_stats(&st);
+	fprintf(f, " (%" PRIu64 " chunks)", st.nr_chunks);
+}
+
 int main(int argc, char **argv)
 {
 	ssize_t n = readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
@@ -2084,28 +2064,13 @@ int main(int argc, char **argv)
 			"path %s%s\n", pcpu_nr_cpu_ids(), nr_real_cpus, umax,
 		pcpu_path() == PCPU_PATH_RSEQ ? "rseq" : "atomic",
 		heavy ? ", debug validation (short loops)" : "");
-	static const struct {
-		const char *name;
-		void (*fn)(void);
-	} parts[] = {
+	static const struct check_part parts[] = {
 		{ "args", test_args },       { "zeroing", test_zeroing },
 		{ "misuse", test_misuse },   { "model", test_model },
 		{ "threads", test_threads }, { "sim1024", test_sim },
 		{ "oom", test_oom_child },   { "stats", test_stats },
 	};
-	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
-		struct timespec t0, t1;
-		clock_gettime(CLOCK_MONOTONIC, &t0);
-		parts[i].fn();
-		clock_gettime(CLOCK_MONOTONIC, &t1);
-		struct pcpu_stats st;
-		get_stats(&st);
-		fprintf(stderr, "-- %s: %.2f s (%" PRIu64 " chunks)\n",
-			parts[i].name,
-			(double)(t1.tv_sec - t0.tv_sec) +
-				(double)(t1.tv_nsec - t0.tv_nsec) / 1e9,
-			st.nr_chunks);
-	}
+	check_run_parts(parts, sizeof(parts) / sizeof(parts[0]), print_chunks);
 	CHECK_EQ(pcpu_validate(), 0);
 	return check_done();
 }

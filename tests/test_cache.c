@@ -990,6 +990,8 @@ int main(int argc, char **argv)
 	const char *sc = getenv("PCPU_TEST_SCALE");
 	if (sc && !strcmp(sc, "valgrind"))
 		scale = 50;
+	else if (PCPU_TEST_TSAN)
+		scale = 2; /* five variants; the storms dominate */
 	real_cpus_init();
 	pcpu_init();
 
@@ -1003,20 +1005,13 @@ int main(int argc, char **argv)
 		REQUIRE(!"unknown child mode");
 	}
 	check_mode();
-	static const struct {
-		const char *name;
-		void (*fn)(void);
-	} parts[] = {
+	static const struct check_part parts[] = {
 		{ "classes", test_classes },	 { "packing", test_packing },
 		{ "misuse", test_misuse },	 { "storm", test_storm },
 		{ "fence failure", test_fence_fail }, { "trim", test_trim },
 		{ "modes", test_modes },	 { "fork", test_fork },
 		{ "children", test_children },
 	};
-	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
-		double t0 = now_s();
-		parts[i].fn();
-		fprintf(stderr, "-- %s: %.2f s\n", parts[i].name, now_s() - t0);
-	}
+	check_run_parts(parts, sizeof(parts) / sizeof(parts[0]), NULL);
 	return check_done();
 }

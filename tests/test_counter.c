@@ -40,6 +40,8 @@ static void setup_scale(void)
 	const char *s = getenv("PCPU_TEST_SCALE");
 	if (s && !strcmp(s, "valgrind"))
 		scale = 5;
+	else if (PCPU_TEST_TSAN)
+		scale = 2; /* six variants of about 20 s each otherwise */
 	real_cpus_init();
 }
 

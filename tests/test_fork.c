@@ -35,24 +35,6 @@
 #include "cpus.h"
 #include "internal.h"
 
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#define PCPU_TEST_VALGRIND_H 1
-#endif
-#endif
-
-#if defined(__SANITIZE_THREAD__)
-#define PCPU_TEST_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define PCPU_TEST_TSAN 1
-#endif
-#endif
-#ifndef PCPU_TEST_TSAN
-#define PCPU_TEST_TSAN 0
-#endif
-
 #define NR_BG 3
 #define CHILD_TIMEOUT_MS 10000
 

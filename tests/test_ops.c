@@ -35,6 +35,8 @@ static void setup_scale(void)
 	const char *s = getenv("PCPU_TEST_SCALE");
 	if (s && !strcmp(s, "valgrind"))
 		scale = 50;
+	else if (PCPU_TEST_TSAN)
+		scale = 2; /* four variants; the storms dominate */
 	real_cpus_init();
 }
 

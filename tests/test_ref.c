@@ -30,20 +30,6 @@
 #include "cpus.h"
 #include "pcpu/ref.h"
 
-#if defined(__SANITIZE_THREAD__)
-#define TEST_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TEST_TSAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TEST_ASAN 1
-#endif
-#endif
 
 static long scale = 1; /* divides iteration counts */
 static bool sim;       /* simulated CPUs: threads act as them */
@@ -53,7 +39,7 @@ static void setup(void)
 	const char *s = getenv("PCPU_TEST_SCALE");
 	if (s && !strcmp(s, "valgrind"))
 		scale = 50;
-#if defined(TEST_TSAN) || defined(TEST_ASAN)
+#if PCPU_TEST_TSAN || defined(PCPU_TEST_LSAN)
 	if (scale < 4)
 		scale = 4;
 #endif
@@ -730,7 +716,7 @@ static void test_kill_races(void)
 
 static void test_fork(void)
 {
-#ifdef TEST_TSAN
+#if PCPU_TEST_TSAN
 	fprintf(stderr, "fork: skipped under ThreadSanitizer\n");
 #else
 	static struct obj o;
