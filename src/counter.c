@@ -46,8 +46,9 @@
  * (optimistic slot add validated by a sequence count far from the limit,
  * exact sum + CAS near it).
  *
- * Locking: reg_lock guards the registry of counters with slots (the
- * leaders of groups), taken at switch, destroy and by the index fold hook.
+ * Locking: the registry of counters with slots (the leaders of groups) is
+ * sharded by address, each shard under its own lock, taken at switch and
+ * destroy; the index fold hook takes them one after the other.
  * No update path takes it except the one add that switches a counter.
  */
 #define _GNU_SOURCE
@@ -129,42 +130,62 @@ static inline void fold_release(struct pcpu_counter *c, uint64_t r)
 /* ------------------------------------------------------------------ */
 /* Registry of counters with slots (group leaders)                     */
 
-static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct pcpu_counter *reg_head;
+/*
+ * Sharded by the leader's address, so that threads creating and destroying
+ * counters (seed 002: a few counters per process, at every execve) take
+ * different locks; the fold of a dead index walks every shard.
+ */
+#define REG_SHARDS 64 /* reg_of takes the top 6 bits of a hash */
+static struct reg_shard {
+	pthread_mutex_t lock;
+	struct pcpu_counter *head;
+} __attribute__((aligned(64))) reg[REG_SHARDS];
 static pthread_once_t reg_once = PTHREAD_ONCE_INIT;
 
 static void reg_prepare(void)
 {
-	pthread_mutex_lock(&reg_lock);
+	for (int i = 0; i < REG_SHARDS; i++)
+		pthread_mutex_lock(&reg[i].lock);
 }
 
 static void reg_parent(void)
 {
-	pthread_mutex_unlock(&reg_lock);
+	for (int i = REG_SHARDS - 1; i >= 0; i--)
+		pthread_mutex_unlock(&reg[i].lock);
 }
 
 static void reg_init_once(void)
 {
+	for (int i = 0; i < REG_SHARDS; i++)
+		pthread_mutex_init(&reg[i].lock, NULL);
 	pthread_atfork(reg_prepare, reg_parent, reg_parent);
 }
 
-/* Context: reg_lock held. */
-static void reg_insert(struct pcpu_counter *lead)
+static struct reg_shard *reg_of(const struct pcpu_counter *lead)
 {
-	lead->reg_prev = NULL;
-	lead->reg_next = reg_head;
-	if (reg_head)
-		reg_head->reg_prev = lead;
-	reg_head = lead;
+	/* every bit of the address counts: threads' stacks are often a
+	 * power of two apart, with counters at the same offsets */
+	uint64_t h = ((uint64_t)(uintptr_t)lead >> 6) * 0x9E3779B97F4A7C15ull;
+	return &reg[h >> 58]; /* REG_SHARDS == 64 */
 }
 
-/* Context: reg_lock held. */
-static void reg_unlink(struct pcpu_counter *lead)
+/* Context: @r's lock held. */
+static void reg_insert(struct reg_shard *r, struct pcpu_counter *lead)
+{
+	lead->reg_prev = NULL;
+	lead->reg_next = r->head;
+	if (r->head)
+		r->head->reg_prev = lead;
+	r->head = lead;
+}
+
+/* Context: @r's lock held. */
+static void reg_unlink(struct reg_shard *r, struct pcpu_counter *lead)
 {
 	if (lead->reg_prev)
 		lead->reg_prev->reg_next = lead->reg_next;
 	else
-		reg_head = lead->reg_next;
+		r->head = lead->reg_next;
 	if (lead->reg_next)
 		lead->reg_next->reg_prev = lead->reg_prev;
 	lead->reg_prev = lead->reg_next = NULL;
@@ -197,7 +218,7 @@ static int64_t *slots_of(struct pcpu_counter *c)
 
 /*
  * switch_group - give @c's group its slots (one allocation).
- * Context: any; may allocate and takes reg_lock.
+ * Context: any; may allocate and takes a registry shard's lock.
  * Returns: 0 (also when already switched), -EINVAL for an atomic-only
  * counter, -ENOMEM with the group unchanged.
  */
@@ -213,14 +234,15 @@ static int switch_group(struct pcpu_counter *c)
 	if (!base)
 		return -ENOMEM;
 	pthread_once(&reg_once, reg_init_once);
-	pthread_mutex_lock(&reg_lock);
+	struct reg_shard *r = reg_of(lead);
+	pthread_mutex_lock(&r->lock);
 	int64_t *expect = NULL;
 	bool won = __atomic_compare_exchange_n(&lead->slots, &expect, base,
 					       false, __ATOMIC_RELEASE,
 					       __ATOMIC_ACQUIRE);
 	if (won)
-		reg_insert(lead);
-	pthread_mutex_unlock(&reg_lock);
+		reg_insert(r, lead);
+	pthread_mutex_unlock(&r->lock);
 	if (!won)
 		pcpu_free(base);
 	for (uint32_t i = 1; i < lead->gn; i++)
@@ -498,9 +520,10 @@ static void destroy_group(struct pcpu_counter *c, unsigned int n,
 	}
 	int64_t *base = __atomic_load_n(&c->slots, __ATOMIC_ACQUIRE);
 	if (base) {
-		pthread_mutex_lock(&reg_lock);
-		reg_unlink(c);
-		pthread_mutex_unlock(&reg_lock);
+		struct reg_shard *r = reg_of(c);
+		pthread_mutex_lock(&r->lock);
+		reg_unlink(r, c);
+		pthread_mutex_unlock(&r->lock);
 		pcpu_free(base);
 	}
 	for (unsigned int i = 0; i < n; i++)
@@ -793,44 +816,48 @@ bool pcpu_counter_limited_add(struct pcpu_counter *c, int64_t limit,
  * CPU is dead (hotplug, after the CPU-dead callback), or pcpu__ok[idx] was
  * cleared and fenced, or the process is on the atomic path (then slots are
  * only ever changed with atomics and this is safe at any time).  Takes
- * reg_lock; does not allocate.  The value (sum) is unchanged; read()
+ * the registry shards' locks in turn; does not allocate.  The value (sum) is unchanged; read()
  * moves closer to it.
  */
+/* Folds @idx's slot of member @m (of group @g) into its count. */
+static void fold_member(struct pcpu_counter *g, uint32_t i, int idx,
+			unsigned int which)
+{
+	struct pcpu_counter *m = g + i;
+	bool percpu = m->flags & PCPU_COUNTER_PERCPU;
+	if (!(which & (percpu ? PCPU_COUNTER_FOLD_CPU : PCPU_COUNTER_FOLD_CID)))
+		return;
+	if (!percpu) {
+		uint32_t h = __atomic_load_n(&m->hi, __ATOMIC_ACQUIRE);
+		if (idx == _pcpu_g.nr_ids ? !(h & HI_SHARED)
+					  : (uint32_t)idx >= (h & ~HI_SHARED))
+			return;
+	}
+	int64_t *q = pcpu__copy(g->slots + i, idx);
+	if (!__atomic_load_n(q, __ATOMIC_RELAXED))
+		return;
+	/* announced like an exact limited add: moving a positive residue
+	 * into count frees room in the slot that slot-path limited adds
+	 * must not count on */
+	__atomic_fetch_add(&m->lim_seq, LIM_STARTED + 1, __ATOMIC_SEQ_CST);
+	uint64_t res = fold_reserve(m);
+	int64_t r = __atomic_exchange_n(q, 0, __ATOMIC_SEQ_CST);
+	count_add(m, r);
+	fold_release(m, res);
+	__atomic_fetch_sub(&m->lim_seq, 1, __ATOMIC_SEQ_CST);
+}
+
 void _pcpu_counter_fold_index(int idx, unsigned int which)
 {
 	_pcpu_ensure_init();
 	if (idx < 0 || idx > _pcpu_g.nr_ids || !index_used(idx))
 		return;
-	pthread_mutex_lock(&reg_lock);
-	for (struct pcpu_counter *g = reg_head; g; g = g->reg_next) {
-		for (uint32_t i = 0; i < g->gn; i++) {
-			struct pcpu_counter *m = g + i;
-			bool percpu = m->flags & PCPU_COUNTER_PERCPU;
-			if (!(which & (percpu ? PCPU_COUNTER_FOLD_CPU
-					      : PCPU_COUNTER_FOLD_CID)))
-				continue;
-			if (!percpu) {
-				uint32_t h = __atomic_load_n(&m->hi,
-							     __ATOMIC_ACQUIRE);
-				if (idx == _pcpu_g.nr_ids ? !(h & HI_SHARED)
-							  : (uint32_t)idx >=
-								    (h & ~HI_SHARED))
-					continue;
-			}
-			int64_t *q = pcpu__copy(g->slots + i, idx);
-			if (!__atomic_load_n(q, __ATOMIC_RELAXED))
-				continue;
-			/* announced like an exact limited add: moving a
-			 * positive residue into count frees room in the slot
-			 * that slot-path limited adds must not count on */
-			__atomic_fetch_add(&m->lim_seq, LIM_STARTED + 1,
-					   __ATOMIC_SEQ_CST);
-			uint64_t res = fold_reserve(m);
-			int64_t r = __atomic_exchange_n(q, 0, __ATOMIC_SEQ_CST);
-			count_add(m, r);
-			fold_release(m, res);
-			__atomic_fetch_sub(&m->lim_seq, 1, __ATOMIC_SEQ_CST);
-		}
+	pthread_once(&reg_once, reg_init_once);
+	for (int sh = 0; sh < REG_SHARDS; sh++) {
+		pthread_mutex_lock(&reg[sh].lock);
+		for (struct pcpu_counter *g = reg[sh].head; g; g = g->reg_next)
+			for (uint32_t i = 0; i < g->gn; i++)
+				fold_member(g, i, idx, which);
+		pthread_mutex_unlock(&reg[sh].lock);
 	}
-	pthread_mutex_unlock(&reg_lock);
 }
