@@ -136,6 +136,9 @@ struct cache_cpu {
 	/* balance worker (drain_lock): idle detection */
 	uint64_t idle_sig;
 	long long idle_since;
+	/* the pageset this cache refills from, per class with one state
+	 * line a page (see shared_take; alloc lock) */
+	struct pageset *own[NR_CLASSES];
 	uint64_t stack[STACK_WORDS] __attribute__((aligned(64)));
 };
 
@@ -148,6 +151,8 @@ struct pageset {
 	uint16_t nr_objs, nr_free;   /* alloc lock */
 	uint64_t *free_map;          /* 1 = in the free set (alloc lock) */
 	unsigned char *state;        /* per object, see the top */
+	int owner;                   /* the cache that refills from it, -1
+					(one-line classes; alloc lock) */
 };
 
 enum { LIST_PARTIAL, LIST_FULL, LIST_EMPTY, NR_LISTS, LIST_NONE = NR_LISTS };
@@ -158,9 +163,9 @@ enum { LIST_PARTIAL, LIST_FULL, LIST_EMPTY, NR_LISTS, LIST_NONE = NR_LISTS };
  * the ideal resident memory in pcpu-bench mem); now a line holds the
  * states of a group of 64 objects, one word of the free map, 1 byte per
  * object.  A refill takes from a whole free group when it can (16 of its
- * 64), so that two CPUs allocating one class write different lines; the
- * 128- and 256-byte classes have fewer than 64 objects a page and share
- * one line.
+ * 64), so that two CPUs allocating one class write different lines; in
+ * the 64-, 128- and 256-byte classes a page is one group (64 objects or
+ * fewer), so a cache refills from pages it owns instead (take_owned).
  */
 #define STATE_GROUP 64
 static inline unsigned char *state_of(const struct pageset *ps, size_t i)
@@ -529,6 +534,7 @@ static struct pageset *ps_create(unsigned int cls, bool *kick)
 	}
 	unsigned int n = (unsigned int)(_pcpu_g.page_size >> (cls + 2));
 	ps->nr_objs = ps->nr_free = (uint16_t)n;
+	ps->owner = -1;
 	memset(ps->free_map, 0, (n + 63) / 64 * 8);
 	for (unsigned int i = 0; i < n; i++)
 		ps->free_map[i / 64] |= (uint64_t)1 << (i % 64);
@@ -611,6 +617,63 @@ static int free_group(const struct pageset *ps, unsigned int g0)
 	return -1;
 }
 
+/* True when no cache refills from @ps any more (its owner took another
+ * page since, or never had a cache): it may be taken over.  Context:
+ * alloc lock held. */
+static bool owner_gone(const struct pageset *ps, unsigned int cls)
+{
+	if (ps->owner < 0)
+		return true;
+	struct cache_cpu *cc = __atomic_load_n(&caches[ps->owner],
+					       __ATOMIC_ACQUIRE);
+	return !cc || cc->own[cls] != ps;
+}
+
+/*
+ * take_owned - shared_take for a cache (@idx) of a class whose page has
+ * at most STATE_GROUP objects, so that every state byte of a page shares
+ * one line: two CPUs refilling from one page would write that line on
+ * every allocation and free.  So a cache refills from a pageset it owns:
+ * the one it took last, while it has free objects; else the first of the
+ * first four partial pagesets whose owner refills elsewhere now (taken
+ * over), or the spare; else a new pageset.  A class so keeps at most one
+ * partly used page per cache that allocated it and went quiet (its
+ * objects come back when freed, and an empty page is retired as always).
+ * Context: alloc lock held.  Returns how many.
+ */
+static size_t take_owned(unsigned int cls, size_t n, void **out, int idx,
+			 bool *kick)
+{
+	struct cache_class *k = &classes[cls];
+	struct cache_cpu *cc = __atomic_load_n(&caches[idx], __ATOMIC_ACQUIRE);
+	size_t got = 0;
+
+	for (int round = 0; round < 2 && got < n; round++) {
+		struct pageset *ps = cc ? cc->own[cls] : NULL;
+		if (!ps || !__atomic_load_n(&ps->live, __ATOMIC_RELAXED) ||
+		    ps->cls != cls || ps->owner != idx || !ps->nr_free) {
+			ps = NULL;
+			int c = 0;
+			for (struct pageset *q = k->head[LIST_PARTIAL];
+			     q && c < 4 && !ps; q = q->next, c++)
+				if (owner_gone(q, cls))
+					ps = q;
+			if (!ps)
+				ps = k->head[LIST_EMPTY];
+			if (!ps)
+				ps = ps_create(cls, kick);
+			if (!ps)
+				break;
+			ps->owner = idx;
+			if (cc)
+				cc->own[cls] = ps;
+		}
+		got = take_range(ps, cls, 0, ps->nr_objs, n, out, got);
+		ps_relist(k, ps);
+	}
+	return got;
+}
+
 /*
  * shared_take - take up to @n objects of @cls out of the free sets into
  * @out (pairs: object, pageset), for the cache of index @idx (-1: none).
@@ -629,7 +692,9 @@ static size_t shared_take(unsigned int cls, size_t n, void **out, int idx,
 	struct cache_class *k = &classes[cls];
 	size_t got = 0;
 
-	if (idx >= 0) {
+	if (idx >= 0 && (size_t)_pcpu_g.page_size >> (cls + 2) <= STATE_GROUP)
+		got = take_owned(cls, n, out, idx, kick);
+	else if (idx >= 0) {
 		/* candidates: the first partial pagesets, then a spare */
 		struct pageset *cand[5];
 		int nc = 0;

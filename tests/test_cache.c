@@ -356,6 +356,58 @@ static void test_packing(void)
 /* ==================================================================== */
 /* 2. Misuse                                                            */
 
+/*
+ * Classes whose page holds at most 64 objects keep every state byte of a
+ * page in one line: two CPUs refilling from one page would write that
+ * line at every allocation and free.  Their caches refill from pages they
+ * own, so the objects of two CPUs' first refills share no page.
+ */
+struct owned_arg {
+	int cpu;
+	size_t size;
+	void *objs[8];
+};
+
+static void *owned_alloc(void *arg)
+{
+	struct owned_arg *o = arg;
+	pin_self(o->cpu);
+	for (int i = 0; i < 8; i++)
+		o->objs[i] = pcpu_alloc(o->size, 0);
+	return NULL;
+}
+
+static void test_owned_pages(void)
+{
+	if (_pcpu_cache_mode() != PCPU_CACHE_ON || nr_real_cpus < 2 ||
+	    pcpu_index_mode() == PCPU_INDEX_CID)
+		return; /* caches by CPU only */
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	static const size_t sizes_owned[] = { 64, 128, 256 };
+	for (int s = 0; s < 3; s++) {
+		struct owned_arg o[2] = { { real_cpus[0], sizes_owned[s], { 0 } },
+					  { real_cpus[1], sizes_owned[s], { 0 } } };
+		pcpu_drain(PCPU_DRAIN_PAGES);
+		for (int t = 0; t < 2; t++) { /* one after the other */
+			pthread_t th;
+			REQUIRE(pthread_create(&th, NULL, owned_alloc, &o[t]) == 0);
+			pthread_join(th, NULL);
+		}
+		int shared = 0;
+		for (int i = 0; i < 8; i++) {
+			REQUIRE(o[0].objs[i] && o[1].objs[i]);
+			for (int j = 0; j < 8; j++)
+				shared += ((uintptr_t)o[0].objs[i] & ~(page - 1)) ==
+					  ((uintptr_t)o[1].objs[j] & ~(page - 1));
+		}
+		CHECK_EQ(shared, 0);
+		for (int t = 0; t < 2; t++)
+			for (int i = 0; i < 8; i++)
+				pcpu_free(o[t].objs[i]);
+	}
+	CHECK_EQ(pcpu_validate(), 0);
+}
+
 struct racer {
 	void *obj;
 	pthread_barrier_t *bar;
@@ -1007,6 +1059,7 @@ int main(int argc, char **argv)
 	check_mode();
 	static const struct check_part parts[] = {
 		{ "classes", test_classes },	 { "packing", test_packing },
+		{ "owned pages", test_owned_pages },
 		{ "misuse", test_misuse },	 { "storm", test_storm },
 		{ "fence failure", test_fence_fail }, { "trim", test_trim },
 		{ "modes", test_modes },	 { "fork", test_fork },
