@@ -167,6 +167,19 @@ struct pcpu_chunk *_pcpu_chunk_lookup(const void *p)
 	return NULL;
 }
 
+size_t _pcpu_chunk_after(const char *base)
+{
+	size_t lo = 0, hi = _pcpu_nr_chunks;
+	while (base && lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (_pcpu_chunks[mid]->base <= base)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 /*
  * _pcpu_chunk_create - reserve and set up a new chunk.
  * Context: alloc_lock not held (calls the OS).

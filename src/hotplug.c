@@ -976,18 +976,11 @@ static bool page_clean_racy(const struct pcpu_chunk *c, int idx, uint32_t pg)
 	return true;
 }
 
-/* The chunk with the lowest base >= @base (NULL: the first), or NULL. */
-static struct pcpu_chunk *chunk_from(const char *base)
+/* The chunk with the lowest base above @base (NULL: the first), or NULL. */
+static struct pcpu_chunk *chunk_after(const char *base)
 {
-	size_t lo = 0, hi = _pcpu_nr_chunks;
-	while (lo < hi) {
-		size_t mid = (lo + hi) / 2;
-		if (_pcpu_chunks[mid]->base < base)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo < _pcpu_nr_chunks ? _pcpu_chunks[lo] : NULL;
+	size_t i = _pcpu_chunk_after(base);
+	return i < _pcpu_nr_chunks ? _pcpu_chunks[i] : NULL;
 }
 
 /* True when every live area's copy on @idx equals its initial value.
@@ -995,7 +988,8 @@ static struct pcpu_chunk *chunk_from(const char *base)
  * rec_lock a page at a time. */
 static bool unit_clean(int idx)
 {
-	const char *pos = NULL;
+	const char *pos = NULL;  /* the chunk being scanned */
+	const char *done = NULL; /* chunks up to this base are scanned */
 	uint32_t pg = 0;
 	bool clean = true;
 
@@ -1003,7 +997,7 @@ static bool unit_clean(int idx)
 	pthread_mutex_lock(&rec_lock);
 	struct hold h = hold_start();
 	for (;;) {
-		struct pcpu_chunk *c = chunk_from(pos);
+		struct pcpu_chunk *c = chunk_after(done);
 		if (!c)
 			break;
 		if (c->base != pos) {
@@ -1027,7 +1021,8 @@ static bool unit_clean(int idx)
 			}
 		}
 		if (pg >= c->map.nr_blocks) {
-			pos = c->base + 1;
+			done = c->base;
+			pos = NULL;
 			pg = 0;
 		}
 		hold_note(h);

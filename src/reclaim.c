@@ -92,10 +92,9 @@ static size_t empty_runs(const struct pcpu_chunk *c, struct page_run *runs,
  * positions, not the order).  Context: both locks held. */
 static struct pcpu_chunk *next_candidate(const char *after, bool all)
 {
-	for (size_t i = 0; i < _pcpu_nr_chunks; i++) {
+	for (size_t i = _pcpu_chunk_after(after); i < _pcpu_nr_chunks; i++) {
 		struct pcpu_chunk *c = _pcpu_chunks[i];
-		if (c->base <= after || c->state == PCPU_CHUNK_ISOLATED ||
-		    !c->nr_empty_pop_pages)
+		if (c->state == PCPU_CHUNK_ISOLATED || !c->nr_empty_pop_pages)
 			continue;
 		/* also a chunk that crossed the quarter when the global
 		   count was low, so that its free did not mark it */
@@ -308,9 +307,9 @@ int _pcpu_chunks_discard_index(int idx)
 	for (;;) {
 		size_t n = 0;
 		pthread_mutex_lock(&_pcpu_alloc_lock);
-		for (size_t i = 0; i < _pcpu_nr_chunks && n < 64; i++)
-			if (_pcpu_chunks[i]->base > after) /* sorted by base */
-				bases[n++] = _pcpu_chunks[i]->base;
+		for (size_t i = _pcpu_chunk_after(after);
+		     i < _pcpu_nr_chunks && n < 64; i++)
+			bases[n++] = _pcpu_chunks[i]->base;
 		pthread_mutex_unlock(&_pcpu_alloc_lock);
 		for (size_t i = 0; i < n; i++) {
 			int r = _pcpu_os_discard(bases[i] + (size_t)idx * unit,
