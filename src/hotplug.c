@@ -153,6 +153,7 @@ static struct pcpu_cpuset hp_coming;     /* PREP units being filled */
 static struct pcpu_cpuset hp_touched;    /* PREP units written so far */
 static struct pcpu_cpuset hp_online, hp_allowed, hp_up;
 static unsigned char unit_state[PCPU_MAX_CPUS + 1]; /* unit_lock */
+static pthread_t unit_owner[PCPU_MAX_CPUS + 1]; /* of a PREP unit (fork) */
 static int nr_coming;  /* >= the bits in hp_coming (coming_on) */
 static int hp_pending; /* work for the tick */
 
@@ -702,6 +703,7 @@ static int unit_begin(int idx, bool wait)
 		pthread_cond_wait(&unit_cv, &unit_lock);
 	}
 	unit_state[idx] = UNIT_PREP;
+	unit_owner[idx] = pthread_self();
 	pthread_mutex_unlock(&unit_lock);
 	hp_event(idx, 'b', wait);
 	return 0;
@@ -2042,8 +2044,11 @@ void _pcpu_hotplug_atfork_child(void)
 			gates[i].n[0] = gates[i].n[1] = 0;
 	memset(probes, 0, sizeof(probes));
 	bool ctx = tls_hp_held;
-	for (int i = 0; i <= _pcpu_g.nr_ids && !ctx; i++) {
-		if (unit_state[i] == UNIT_PREP) {
+	for (int i = 0; i <= _pcpu_g.nr_ids; i++) {
+		/* a unit this thread is setting up (fork from an online
+		 * callback) goes on; releases never run callbacks */
+		if (unit_state[i] == UNIT_PREP &&
+		    !(ctx && pthread_equal(unit_owner[i], pthread_self()))) {
 			bit_off(&hp_coming, i);
 			bit_off(&hp_touched, i);
 			bit_on(&hp_dirty, i);
@@ -2057,8 +2062,7 @@ void _pcpu_hotplug_atfork_child(void)
 			}
 		}
 	}
-	/* units this thread is setting up stay coming (fork from a
-	 * callback): count what is left */
+	/* count what is left coming: this thread's unit, if any */
 	nr_coming = 0;
 	for (int w = 0; w < nr_words(); w++)
 		nr_coming += __builtin_popcountll(hp_coming.bits[w]);

@@ -580,14 +580,7 @@ static atomic_long folded[NR_AREAS];
 static atomic_long fold_calls;
 static struct pcpu_counter counter;
 static struct pcpu_counter pcounter; /* PCPU_COUNTER_PERCPU: CPU-indexed */
-static struct pcpu_ref sref;
-static atomic_int sref_released;
 
-static void sref_release(struct pcpu_ref *r)
-{
-	(void)r;
-	atomic_fetch_add(&sref_released, 1);
-}
 static atomic_int stop_storm;
 static atomic_long bad_init_reads, bad_zero_reads;
 
@@ -615,7 +608,6 @@ struct worker {
 	long iters;
 	long tally[NR_AREAS];
 	long counter_adds;
-	long ref_gets;
 };
 
 static void *storm_worker(void *arg)
@@ -635,10 +627,7 @@ static void *storm_worker(void *arg)
 		pcpu_counter_add(&counter, 3);
 		pcpu_counter_add(&pcounter, 2);
 		w->counter_adds++;
-		if (i % 4 == 0) {
-			pcpu_ref_get(&sref);
-			w->ref_gets++;
-		}
+
 		if (i % 1024 == 1023)
 			sched_yield(); /* let the hotplug thread run */
 		if (i % 16 == 0) {
@@ -728,7 +717,6 @@ static void test_storm(void)
 	REQUIRE(pcpu_counter_init(&counter, 0, PCPU_COUNTER_EAGER) == 0);
 	REQUIRE(pcpu_counter_init(&pcounter, 0, PCPU_COUNTER_PERCPU |
 							PCPU_COUNTER_EAGER) == 0);
-	REQUIRE(pcpu_ref_init(&sref, sref_release, 0) == 0);
 	int hf = pcpu_hotplug_register("fold", NULL, fold_dead, NULL);
 	int ho = pcpu_hotplug_register("maybe-fail", storm_online, NULL, NULL);
 	CHECK(hf >= 0 && ho >= 0);
@@ -759,17 +747,7 @@ static void test_storm(void)
 		adds += w[k].counter_adds;
 	CHECK_EQ(pcpu_counter_sum(&counter), 3 * adds);
 	CHECK_EQ(pcpu_counter_sum(&pcounter), 2 * adds);
-	/* the ref's count is exact: it reaches zero at the last put only */
-	long gets = 0;
-	for (int k = 0; k < NR_WORKERS; k++)
-		gets += w[k].ref_gets;
-	pcpu_ref_switch_to_atomic_sync(&sref);
-	pcpu_ref_kill(&sref); /* drops the initial reference */
-	pcpu_ref_put_many(&sref, (unsigned long)gets - 1);
-	CHECK_EQ(atomic_load(&sref_released), 0);
-	pcpu_ref_put(&sref);
-	CHECK_EQ(atomic_load(&sref_released), 1);
-	pcpu_ref_exit(&sref);
+
 	CHECK_EQ(atomic_load(&bad_init_reads), 0);
 	CHECK_EQ(atomic_load(&bad_zero_reads), 0);
 	long iters = 0;
@@ -798,6 +776,73 @@ static void test_storm(void)
 	CHECK_EQ(pcpu_counter_sum(&pcounter), 2 * adds);
 	pcpu_counter_destroy(&pcounter);
 	pcpu_counter_destroy(&counter);
+}
+
+/*
+ * A pcpu_ref's atomic route (the simulated machine is on the atomic path)
+ * while CPUs go: its first write on a CPU marks the unit as used by other
+ * writers, which is then never released; a unit being released at that
+ * moment sends the write to the shared slot.  The count stays exact.
+ * (Separate from the storm: refs pin every unit they touch, after which
+ * nothing would be released there.)
+ */
+static struct pcpu_ref sref;
+static atomic_int sref_released, ref_storm_stop;
+
+static void sref_release(struct pcpu_ref *r)
+{
+	(void)r;
+	atomic_fetch_add(&sref_released, 1);
+}
+
+static void *ref_worker(void *arg)
+{
+	long *gets = arg;
+	unsigned seed = (unsigned)(uintptr_t)arg;
+	for (long i = 0; !atomic_load(&ref_storm_stop); i++) {
+		if (i % 16 == 0)
+			CHECK_EQ(pcpu_sim_set_cpu(64 + (int)(rand_r(&seed) % 32)),
+				 0);
+		pcpu_ref_get(&sref);
+		(*gets)++;
+		if (i % 256 == 255)
+			sched_yield();
+	}
+	CHECK_EQ(pcpu_sim_set_cpu(-1), 0);
+	return NULL;
+}
+
+static void test_ref_storm(void)
+{
+	REQUIRE(pcpu_ref_init(&sref, sref_release, 0) == 0);
+	long gets[2] = { 0, 0 };
+	pthread_t t[2];
+	for (int i = 0; i < 2; i++)
+		REQUIRE(pthread_create(&t[i], NULL, ref_worker, &gets[i]) == 0);
+	unsigned seed = 99;
+	for (int n = 0; n < 600 / scale; n++) {
+		int c = 64 + (int)(rand_r(&seed) % 32);
+		if (pcpu_cpu_state(c) & PCPU_CPU_ONLINE)
+			CHECK_EQ(pcpu_sim_cpu_offline(c), 0);
+		else
+			CHECK_EQ(pcpu_sim_cpu_online(c), 0);
+		sched_yield();
+	}
+	atomic_store(&ref_storm_stop, 1);
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	/* exact: zero at the last put, not before */
+	pcpu_ref_switch_to_atomic_sync(&sref);
+	pcpu_ref_kill(&sref); /* drops the initial reference */
+	pcpu_ref_put_many(&sref, (unsigned long)(gets[0] + gets[1]) - 1);
+	CHECK_EQ(atomic_load(&sref_released), 0);
+	pcpu_ref_put(&sref);
+	CHECK_EQ(atomic_load(&sref_released), 1);
+	pcpu_ref_exit(&sref);
+	for (int c = 64; c < 96; c++)
+		if (pcpu_cpu_state(c) & PCPU_CPU_ONLINE)
+			CHECK_EQ(pcpu_sim_cpu_offline(c), 0);
+	CHECK_EQ(pcpu_validate(), 0);
 }
 
 /* ---- PCPU_COUNTER_PERCPU and the stats ---- */
@@ -915,8 +960,9 @@ static void test_dirty_unit(void)
  * coming copy, so the free must zero it there.  It did not when the
  * free could read "nothing coming" (nr_coming 0) after the allocation
  * had seen the CPU's coming bit: coming_on set the bit before the count.
- * The window is opened here with the test pause point; the storm found
- * it under ThreadSanitizer about one run in eight.
+ * The window is opened here with the test pause point (this fails every
+ * time on the old order); the storm hit it only under ThreadSanitizer,
+ * in 3 of 25 runs of this program on the day it was found.
  */
 static int window_cpu = 41;
 static long *window_area;
@@ -942,19 +988,21 @@ static void test_coming_window(void)
 			 __ATOMIC_RELEASE);
 	CHECK_EQ(pcpu_sim_cpu_online(c), 0);
 	__atomic_store_n(&_pcpu_hotplug_pause, NULL, __ATOMIC_RELEASE);
-	CHECK(window_area != NULL);
+	REQUIRE(window_area != NULL);
 	CHECK_EQ(*pcpu_ptr(warm, c), 5);
-	/* the freed object comes back first from this thread's cache */
+	/* an object that is not handed out reads zero on every used index
+	 * (its page stays mapped: it belongs to a pageset) */
+	CHECK_EQ(*pcpu_ptr(window_area, c), 0);
+	/* and so does what the next allocations hand out (the freed object
+	 * among them unless this thread moved to another CPU's cache) */
 	long *z[64];
-	int bad = 0, again = 0;
+	int bad = 0;
 	for (int i = 0; i < 64; i++) {
 		z[i] = pcpu_alloc(sizeof(long), 0);
 		REQUIRE(z[i]);
 		bad += *pcpu_ptr(z[i], c) != 0;
-		again += z[i] == window_area;
 	}
 	CHECK_EQ(bad, 0);
-	CHECK_EQ(again, 1);
 	for (int i = 0; i < 64; i++)
 		pcpu_free(z[i]);
 	pcpu_free(warm);
@@ -976,6 +1024,7 @@ static int run_sim(void)
 	test_dirty_unit();
 	test_coming_window();
 	test_storm();
+	test_ref_storm();
 	test_percpu_counter_and_stats();
 	return 0;
 }
