@@ -636,10 +636,12 @@ static bool owner_gone(const struct pageset *ps, unsigned int cls)
  * every allocation and free.  So a cache refills from a pageset it owns:
  * the one it took last, while it has free objects; else the first of the
  * first four partial pagesets whose owner refills elsewhere now (taken
- * over), or the spare; else a new pageset.  A class so keeps at most one
- * partly used page per cache that allocated it and went quiet (its
- * objects come back when freed, and an empty page is retired as always).
- * Context: alloc lock held.  Returns how many.
+ * over; the owned ones among the four move to the tail of the list, so
+ * the next refill looks at others), or the spare; else a new pageset.  A
+ * class so keeps at most one partly used page per cache that allocated
+ * it and went quiet, plus what the rotation has not reached yet (an empty
+ * page is retired as always).  Context: alloc lock held.  Returns how
+ * many.
  */
 static size_t take_owned(unsigned int cls, size_t n, void **out, int idx,
 			 bool *kick)
@@ -652,14 +654,26 @@ static size_t take_owned(unsigned int cls, size_t n, void **out, int idx,
 		struct pageset *ps = cc ? cc->own[cls] : NULL;
 		if (!ps || !__atomic_load_n(&ps->live, __ATOMIC_RELAXED) ||
 		    ps->cls != cls || ps->owner != idx || !ps->nr_free) {
+			/* the first partial pages; those still owned go to
+			 * the tail, so that later refills look further */
+			struct pageset *busy[4];
+			int nb = 0;
 			ps = NULL;
-			int c = 0;
 			for (struct pageset *q = k->head[LIST_PARTIAL];
-			     q && c < 4 && !ps; q = q->next, c++)
+			     q && nb < 4 && !ps; q = q->next)
 				if (owner_gone(q, cls))
 					ps = q;
+				else
+					busy[nb++] = q;
+			for (int i = 0; i < nb; i++) {
+				list_del(k, busy[i]);
+				list_add(k, busy[i], LIST_PARTIAL);
+			}
 			if (!ps)
 				ps = k->head[LIST_EMPTY];
+			if (!ps && got)
+				break; /* ps_create may drop the lock: never
+					  with objects taken */
 			if (!ps)
 				ps = ps_create(cls, kick);
 			if (!ps)

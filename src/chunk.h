@@ -70,7 +70,8 @@ int _pcpu_chunk_slot(const struct pcpu_chunk *c);
 struct pcpu_chunk *_pcpu_chunk_lookup(const void *p);
 /* The position in _pcpu_chunks of the first chunk whose base is above
  * @base (NULL: 0); _pcpu_nr_chunks when there is none.  Chunks installed
- * while a walker dropped the lock shift positions, not the order. */
+ * while a walker dropped the lock shift positions, not the order.
+ * Context: alloc_lock held. */
 size_t _pcpu_chunk_after(const char *base);
 /* Context: alloc_lock held, unless said otherwise. */
 int _pcpu_validate_locked(void);

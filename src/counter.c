@@ -163,8 +163,9 @@ static void reg_init_once(void)
 
 static struct reg_shard *reg_of(const struct pcpu_counter *lead)
 {
-	/* every bit of the address counts: threads' stacks are often a
-	 * power of two apart, with counters at the same offsets */
+	/* all the address's bits above the line offset count: threads'
+	 * stacks are often a power of two apart, with counters at the same
+	 * offsets */
 	uint64_t h = ((uint64_t)(uintptr_t)lead >> 6) * 0x9E3779B97F4A7C15ull;
 	return &reg[h >> 58]; /* REG_SHARDS == 64 */
 }
@@ -807,19 +808,7 @@ bool pcpu_counter_limited_add(struct pcpu_counter *c, int64_t limit,
 /* ------------------------------------------------------------------ */
 /* Folding a leaving index                                             */
 
-/*
- * _pcpu_counter_fold_index - fold index @idx's residue of every live
- * counter of the kinds in @which (PCPU_COUNTER_FOLD_CPU: counters indexed
- * by the process index, i.e. PCPU_COUNTER_PERCPU; PCPU_COUNTER_FOLD_CID:
- * default counters, indexed by concurrency id) into their counts.
- * Context: nothing may commit an rseq section on @idx while this runs: the
- * CPU is dead (hotplug, after the CPU-dead callback), or pcpu__ok[idx] was
- * cleared and fenced, or the process is on the atomic path (then slots are
- * only ever changed with atomics and this is safe at any time).  Takes
- * the registry shards' locks in turn; does not allocate.  The value (sum) is unchanged; read()
- * moves closer to it.
- */
-/* Folds @idx's slot of member @m (of group @g) into its count. */
+/* Folds @idx's slot of member @i of group @g into its count. */
 static void fold_member(struct pcpu_counter *g, uint32_t i, int idx,
 			unsigned int which)
 {
@@ -847,6 +836,18 @@ static void fold_member(struct pcpu_counter *g, uint32_t i, int idx,
 	__atomic_fetch_sub(&m->lim_seq, 1, __ATOMIC_SEQ_CST);
 }
 
+/*
+ * _pcpu_counter_fold_index - fold index @idx's residue of every live
+ * counter of the kinds in @which (PCPU_COUNTER_FOLD_CPU: counters indexed
+ * by the process index, i.e. PCPU_COUNTER_PERCPU; PCPU_COUNTER_FOLD_CID:
+ * default counters, indexed by concurrency id) into their counts.
+ * Context: nothing may commit an rseq section on @idx while this runs: the
+ * CPU is dead (hotplug, after the CPU-dead callback), or pcpu__ok[idx] was
+ * cleared and fenced, or the process is on the atomic path (then slots are
+ * only ever changed with atomics and this is safe at any time).  Takes
+ * the registry shards' locks in turn; does not allocate.  The value (sum)
+ * is unchanged; read() moves closer to it.
+ */
 void _pcpu_counter_fold_index(int idx, unsigned int which)
 {
 	_pcpu_ensure_init();
