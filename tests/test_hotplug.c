@@ -895,6 +895,22 @@ static void test_percpu_counter_and_stats(void)
 	CHECK_EQ(pcpu_validate(), 0);
 }
 
+/* The next 64 fresh 8-byte areas read zero on CPU @c (a freed
+ * pcpu_alloc_init area among them must not keep its value there). */
+static void check_fresh_zero(int c)
+{
+	long *z[64];
+	int bad = 0;
+	for (int i = 0; i < 64; i++) {
+		z[i] = pcpu_alloc(sizeof(long), 0);
+		REQUIRE(z[i]);
+		bad += *pcpu_ptr(z[i], c) != 0;
+	}
+	CHECK_EQ(bad, 0);
+	for (int i = 0; i < 64; i++)
+		pcpu_free(z[i]);
+}
+
 /*
  * A unit whose discard failed (dirty) and whose next bring-up failed on
  * that discard again: the abort must not count the unit out of "coming"
@@ -940,16 +956,7 @@ static void test_dirty_unit(void)
 	REQUIRE(dirty_victim);
 	CHECK_EQ(pcpu_sim_cpu_online(c), 0); /* frees the victim */
 	CHECK(dirty_victim == NULL);
-	long *z[64];
-	int bad = 0;
-	for (int i = 0; i < 64; i++) {
-		z[i] = pcpu_alloc(sizeof(long), 0);
-		REQUIRE(z[i]);
-		bad += *pcpu_ptr(z[i], c) != 0;
-	}
-	CHECK_EQ(bad, 0);
-	for (int i = 0; i < 64; i++)
-		pcpu_free(z[i]);
+	check_fresh_zero(c);
 	CHECK_EQ(pcpu_hotplug_unregister(h), 0);
 	CHECK_EQ(pcpu_validate(), 0);
 }
@@ -995,16 +1002,7 @@ static void test_coming_window(void)
 	CHECK_EQ(*pcpu_ptr(window_area, c), 0);
 	/* and so does what the next allocations hand out (the freed object
 	 * among them unless this thread moved to another CPU's cache) */
-	long *z[64];
-	int bad = 0;
-	for (int i = 0; i < 64; i++) {
-		z[i] = pcpu_alloc(sizeof(long), 0);
-		REQUIRE(z[i]);
-		bad += *pcpu_ptr(z[i], c) != 0;
-	}
-	CHECK_EQ(bad, 0);
-	for (int i = 0; i < 64; i++)
-		pcpu_free(z[i]);
+	check_fresh_zero(c);
 	pcpu_free(warm);
 	CHECK_EQ(pcpu_sim_cpu_offline(c), 0);
 	CHECK_EQ(pcpu_validate(), 0);
