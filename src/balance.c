@@ -8,8 +8,10 @@
  * allocations write when there is work (at most one write per wake-up),
  * on a PSI trigger when the kernel offers one, and on a timeout
  * (PCPU_BALANCE_INTERVAL_MS, default 1000).  Each wake-up runs one reclaim
- * pass (reclaim.c), at most one per tenth of the interval; a memory-
- * pressure event runs a trim at once.  The
+ * pass (reclaim.c), at most one per tenth of the interval, and not while
+ * areas are being freed at more than 100k a second (for at most one
+ * interval: wait_burst_end); a memory-pressure event runs a trim at
+ * once.  The
  * worker never holds a lock that pcpu_alloc or pcpu_free need while it
  * calls the OS (see reclaim.c).
  *
@@ -79,6 +81,35 @@ static bool worker_stopping(void)
 	return __atomic_load_n(&stopping, __ATOMIC_ACQUIRE);
 }
 
+static uint64_t area_frees(void)
+{
+	pthread_mutex_lock(&_pcpu_alloc_lock);
+	uint64_t n = _pcpu_counters.nr_dealloc;
+	pthread_mutex_unlock(&_pcpu_alloc_lock);
+	return n;
+}
+
+/*
+ * A pass in the middle of a burst of frees only competes with it (the
+ * allocator lock, TLB shootdowns of madvise and munmap on the freeing
+ * CPU) and depopulates chunks that are about to be unmapped whole
+ * anyway.  So wait, in steps of 10 ms, while more than BURST_FREES areas
+ * were freed in the last step (100k a second), at most one interval.
+ */
+#define BURST_FREES 1000
+static void wait_burst_end(void)
+{
+	struct timespec step = { 0, 10 * 1000000 };
+	uint64_t last = area_frees();
+	for (int ms = 0; ms < interval_ms && !worker_stopping(); ms += 10) {
+		nanosleep(&step, NULL);
+		uint64_t now = area_frees();
+		if (now - last <= BURST_FREES)
+			return;
+		last = now;
+	}
+}
+
 static void *worker_main(void *arg)
 {
 	(void)arg;
@@ -106,6 +137,8 @@ static void *worker_main(void *arg)
 			pthread_mutex_lock(&_pcpu_alloc_lock);
 			_pcpu_counters.pressure_events++;
 			pthread_mutex_unlock(&_pcpu_alloc_lock);
+		} else if (!grow) {
+			wait_burst_end();
 		}
 		/* idle caches; under pressure every cache and empty pageset,
 		 * before depopulating */
