@@ -71,7 +71,8 @@ void *pcpu_alloc_nonblock(size_t size, size_t align);
  * after a failed pcpu_alloc_nonblock, drains idle object caches, answers
  * memory pressure (a PSI trigger on the cgroup's memory.pressure or
  * /proc/pressure/memory: a trim at once) and notices CPUs that came or
- * went.  Environment: PCPU_BALANCE=0 (no worker), PCPU_BALANCE_INTERVAL_MS
+ * went.  It lets a burst of frees (over 100k areas a second) finish
+ * before it works, for at most one period.  Environment: PCPU_BALANCE=0 (no worker), PCPU_BALANCE_INTERVAL_MS
  * (its period, default 1000).  Other environment variables: PCPU_INDEX
  * (cpu|cid), PCPU_STATS (1|json), PCPU_CACHE, PCPU_CACHE_MAX,
  * PCPU_CACHE_IDLE_MS (below), PCPU_SIM_POSSIBLE and PCPU_SIM_ONLINE
