@@ -1008,6 +1008,89 @@ static void test_coming_window(void)
 	CHECK_EQ(pcpu_validate(), 0);
 }
 
+/*
+ * fork() from an online callback while another thread is setting up a
+ * unit (B: a counter's first add by thread id, paused in the middle of
+ * the fill): in the child only the forking thread lives on, so B's unit
+ * must not stay PREP (a later bring-up of that index would wait for it
+ * for ever); the forking thread's own unit goes on.  The child brings the
+ * index up under an alarm and reports.
+ */
+static atomic_int b_paused, b_go;
+static __thread bool is_b;
+static pid_t fork_pid = -1;
+static int fork_b_idx = -1;
+
+static void pause_b(const char *where, int idx)
+{
+	if (!is_b || strcmp(where, "coming"))
+		return;
+	fork_b_idx = idx;
+	atomic_store(&b_paused, 1);
+	while (!atomic_load(&b_go))
+		sched_yield();
+}
+
+static void *b_main(void *arg)
+{
+	is_b = true;
+	pcpu_counter_add(arg, 1); /* by thread id: set-up of its unit */
+	return NULL;
+}
+
+static int fork_online(int cpu, void *arg)
+{
+	(void)arg;
+	if (cpu == 20 && fork_pid < 0) {
+		fflush(stderr);
+		fork_pid = fork();
+	}
+	return 0;
+}
+
+static void test_fork_in_callback(void)
+{
+	/* free the units B's thread id may map to: CPUs 0-7 go down (their
+	 * units are released: nothing lives in them yet) */
+	for (int c = 0; c < 8; c++)
+		CHECK_EQ(pcpu_sim_cpu_offline(c), 0);
+	struct pcpu_counter ctr;
+	REQUIRE(pcpu_counter_init(&ctr, 0, PCPU_COUNTER_EAGER) == 0);
+	__atomic_store_n(&_pcpu_hotplug_pause, pause_b, __ATOMIC_RELEASE);
+	pthread_t b;
+	REQUIRE(pthread_create(&b, NULL, b_main, &ctr) == 0);
+	for (int i = 0; i < 2000 && !atomic_load(&b_paused); i++)
+		usleep(1000);
+	REQUIRE(atomic_load(&b_paused)); /* B's unit is PREP, B is paused */
+	int h = pcpu_hotplug_register("fork", fork_online, NULL, NULL);
+	REQUIRE(h >= 0);
+	CHECK_EQ(pcpu_sim_cpu_online(20), 0);
+	if (fork_pid == 0) {
+		/* the child: B is gone; its unit must be free to set up */
+		alarm(10);
+		int bad = pcpu_validate() != 0;
+		bad |= (pcpu_cpu_state(20) & PCPU_CPU_READY) == 0;
+		bad |= pcpu_sim_cpu_online(fork_b_idx) != 0;
+		bad |= (pcpu_cpu_state(fork_b_idx) & PCPU_CPU_READY) == 0;
+		bad |= pcpu_validate() != 0;
+		_exit(bad);
+	}
+	REQUIRE(fork_pid > 0);
+	int st = 0;
+	REQUIRE(waitpid(fork_pid, &st, 0) == fork_pid);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	atomic_store(&b_go, 1);
+	pthread_join(b, NULL);
+	__atomic_store_n(&_pcpu_hotplug_pause, NULL, __ATOMIC_RELEASE);
+	CHECK_EQ(pcpu_counter_sum(&ctr), 1);
+	pcpu_counter_destroy(&ctr);
+	CHECK_EQ(pcpu_hotplug_unregister(h), 0);
+	CHECK_EQ(pcpu_sim_cpu_offline(20), 0);
+	for (int c = 0; c < 8; c++)
+		CHECK_EQ(pcpu_sim_cpu_online(c), 0);
+	CHECK_EQ(pcpu_validate(), 0);
+}
+
 static int run_sim(void)
 {
 	nr_ids = pcpu_nr_cpu_ids();
@@ -1015,6 +1098,7 @@ static int run_sim(void)
 		pcpu_path() == PCPU_PATH_RSEQ ? "rseq" : "atomic");
 	CHECK(pcpu_path() == PCPU_PATH_ATOMIC);
 	REQUIRE(nr_ids >= 128);
+	test_fork_in_callback(); /* first: thread ids and units still fresh */
 	test_api();
 	test_alloc_init();
 	test_callbacks();
