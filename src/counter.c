@@ -135,7 +135,9 @@ static inline void fold_release(struct pcpu_counter *c, uint64_t r)
  * counters (seed 002: a few counters per process, at every execve) take
  * different locks; the fold of a dead index walks every shard.
  */
-#define REG_SHARDS 64 /* reg_of takes the top 6 bits of a hash */
+/* 16: fork holds every shard's lock (with the library's other locks),
+ * and ThreadSanitizer aborts a thread that holds more than 64 at once */
+#define REG_SHARDS 16 /* reg_of takes the top 4 bits of a hash */
 static struct reg_shard {
 	pthread_mutex_t lock;
 	struct pcpu_counter *head;
@@ -167,7 +169,7 @@ static struct reg_shard *reg_of(const struct pcpu_counter *lead)
 	 * stacks are often a power of two apart, with counters at the same
 	 * offsets */
 	uint64_t h = ((uint64_t)(uintptr_t)lead >> 6) * 0x9E3779B97F4A7C15ull;
-	return &reg[h >> 58]; /* REG_SHARDS == 64 */
+	return &reg[h >> 60]; /* REG_SHARDS == 16 */
 }
 
 /* Context: @r's lock held. */
