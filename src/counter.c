@@ -133,10 +133,10 @@ static inline void fold_release(struct pcpu_counter *c, uint64_t r)
 /*
  * Sharded by the leader's address, so that threads creating and destroying
  * counters (seed 002: a few counters per process, at every execve) take
- * different locks; the fold of a dead index walks every shard.
+ * different locks; the fold of a dead index walks every shard.  16: fork
+ * holds every shard's lock (with the library's other locks), and
+ * ThreadSanitizer aborts a thread that holds more than 64 at once.
  */
-/* 16: fork holds every shard's lock (with the library's other locks),
- * and ThreadSanitizer aborts a thread that holds more than 64 at once */
 #define REG_SHARDS 16 /* reg_of takes the top 4 bits of a hash */
 static struct reg_shard {
 	pthread_mutex_t lock;
@@ -304,18 +304,6 @@ static void atomic_word_add(struct pcpu_counter *c, int64_t v)
 /* ------------------------------------------------------------------ */
 /* Indexes                                                             */
 
-/*
- * The calling thread's index for a PCPU_COUNTER_PERCPU counter (a ready
- * CPU or the shared slot: used either way) and *@rs, whether to commit
- * with rseq.  An atomic write to a CPU's slot happens inside that CPU's
- * hotplug gate and ends with _pcpu_hotplug_exit(idx, *@ticket): the CPU
- * cannot be folded and released under it, so the write is never lost.
- */
-static int percpu_enter(bool *rs, int *ticket)
-{
-	return _pcpu_slow_enter(rs, ticket);
-}
-
 /* Default mode: count @idx among the ids that may hold residue, and let
  * the fast path use it when it commits with rseq.  Before any write. */
 static void note_cid(struct pcpu_counter *c, int idx, bool rs)
@@ -341,14 +329,17 @@ static void note_cid(struct pcpu_counter *c, int idx, bool rs)
 		;
 }
 
-/* The index the slow path writes now, and whether with rseq; the write
- * ends with _pcpu_hotplug_exit(idx, *@ticket). */
-static int slow_index(struct pcpu_counter *c, int64_t *s, bool *rs,
-		      int *ticket)
+/*
+ * The index the slow path writes now, and whether with rseq; the write
+ * ends with _pcpu_hotplug_exit(idx, *@ticket).  A PCPU_COUNTER_PERCPU
+ * counter writes a ready CPU's slot or the shared slot (used either way),
+ * an atomic write to a CPU's slot inside that CPU's hotplug gate: the CPU
+ * cannot be folded and released under it, so the write is never lost.
+ */
+static int slow_index(struct pcpu_counter *c, bool *rs, int *ticket)
 {
-	(void)s;
 	if (c->flags & PCPU_COUNTER_PERCPU)
-		return percpu_enter(rs, ticket);
+		return _pcpu_slow_enter(rs, ticket);
 	*ticket = -1; /* thread ids and mm_cids: never released under it */
 	int idx = pcpu__cid_slow_index();
 	*rs = pcpu__cid_rseq(idx);
@@ -439,7 +430,7 @@ void pcpu__counter_add_slow(struct pcpu_counter *c, int64_t v, int32_t batch)
 	}
 	for (;;) {
 		bool rs;
-		int t, idx = slow_index(c, s, &rs, &t);
+		int t, idx = slow_index(c, &rs, &t);
 		int64_t *q = pcpu__copy(s, idx);
 		if (!rs) {
 			slot_add_atomic(c, q, v, batch);
@@ -664,20 +655,6 @@ int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs)
 
 #define LIM_STARTED ((uint64_t)1 << 32)
 
-/*
- * Far from the limit: an add that stays inside the calling thread's slot
- * changes neither count nor the slot budget, so if count + budget +
- * folds in flight <= limit before it, the value stays <= limit after it,
- * however many such adds race (each slot stays below max_batch).  The
- * thread's slot must already be counted in the budget it checked, and the
- * add must not fold (a fold moves the slot into count: it would then need
- * the exact check).  What can invalidate the check is an exact adder
- * (below) raising count on a sum that missed this add; exact adders
- * announce themselves in lim_seq first, so after the commit and a full
- * fence, an unchanged lim_seq proves none overlapped; otherwise the add is
- * taken back (a decrease, always safe) and the exact path decides.
- * Returns 1 (added) or 0 (not attempted or taken back).
- */
 /* The add of limited_far at @idx: 1 committed, 0 not attempted. */
 static int limited_far_at(struct pcpu_counter *c, int64_t *s, int64_t limit,
 			  int64_t v, int idx, bool rs)
@@ -702,6 +679,20 @@ static int limited_far_at(struct pcpu_counter *c, int64_t *s, int64_t limit,
 	return 1;
 }
 
+/*
+ * Far from the limit: an add that stays inside the calling thread's slot
+ * changes neither count nor the slot budget, so if count + budget +
+ * folds in flight <= limit before it, the value stays <= limit after it,
+ * however many such adds race (each slot stays below max_batch).  The
+ * thread's slot must already be counted in the budget it checked, and the
+ * add must not fold (a fold moves the slot into count: it would then need
+ * the exact check).  What can invalidate the check is an exact adder
+ * (below) raising count on a sum that missed this add; exact adders
+ * announce themselves in lim_seq first, so after the commit and a full
+ * fence, an unchanged lim_seq proves none overlapped; otherwise the add is
+ * taken back (a decrease, always safe) and the exact path decides.
+ * Returns 1 (added) or 0 (not attempted or taken back).
+ */
 static int limited_far(struct pcpu_counter *c, int64_t *s, int64_t limit,
 		       int64_t v)
 {
@@ -711,7 +702,8 @@ static int limited_far(struct pcpu_counter *c, int64_t *s, int64_t limit,
 	bool rs;
 	int t, idx;
 	if (c->flags & PCPU_COUNTER_PERCPU) {
-		idx = percpu_enter(&rs, &t); /* used before the budget is read */
+		/* used before the budget is read */
+		idx = _pcpu_slow_enter(&rs, &t);
 	} else {
 		idx = pcpu__cid_slow_index();
 		rs = pcpu__cid_rseq(idx);
@@ -764,7 +756,7 @@ static bool limited_exact(struct pcpu_counter *c, int64_t limit, int64_t v)
 		/* count this thread's slot in the budget, so that its next
 		 * limited add can take the slot path */
 		bool rs;
-		int t, idx = slow_index(c, s, &rs, &t);
+		int t, idx = slow_index(c, &rs, &t);
 		_pcpu_hotplug_exit(idx, t);
 	}
 	bool ok;

@@ -462,8 +462,8 @@ int pcpu_this_cpu(void)
 }
 
 /*
- * _pcpu_slow_enter - the index a slow-path write uses now.  *@rseq: commit with
- * an rseq section (a ready CPU on the rseq path, pcpu__ok[] set); else an
+ * _pcpu_slow_enter - the index a slow-path write uses now.  *@rseq: commit
+ * with an rseq section (a ready CPU on the rseq path, pcpu__ok[] set); else an
  * atomic write, between _pcpu_hotplug_enter and _pcpu_hotplug_exit(idx,
  * *@ticket) (the gate of a CPU on the atomic path).
  */
@@ -488,7 +488,7 @@ int _pcpu_slow_enter(bool *rseq, int *ticket)
 	{                                                                      \
 		for (;;) {                                                     \
 			bool rs;                                               \
-			int t, idx = _pcpu_slow_enter(&rs, &t);                      \
+			int t, idx = _pcpu_slow_enter(&rs, &t);                \
 			uint##W##_t *q = pcpu__copy(p, idx);                   \
 			if (!rs) {                                             \
 				__atomic_fetch_add(q, v, __ATOMIC_RELAXED);    \
@@ -504,7 +504,7 @@ int _pcpu_slow_enter(bool *rseq, int *ticket)
 	{                                                                      \
 		for (;;) {                                                     \
 			bool rs;                                               \
-			int t, idx = _pcpu_slow_enter(&rs, &t);                      \
+			int t, idx = _pcpu_slow_enter(&rs, &t);                \
 			uint##W##_t *q = pcpu__copy(p, idx);                   \
 			if (!rs) {                                             \
 				__atomic_store_n(q, v, __ATOMIC_RELAXED);      \
