@@ -107,6 +107,7 @@
 #define NR_CLASSES 7      /* 4, 8, 16, 32, 64, 128, 256 bytes */
 #define MAX_CAP 32
 #define STATE_FREEING 0xff
+#define STATE_PENDING 0xfd /* freed, waiting to be zeroed (see pend) */
 #define SPARE_PAGESETS 1  /* empty pagesets a class keeps */
 #define FENCE_ALL_MIN 8   /* caches to drain from which one fence of every
 			     CPU is cheaper than one per CPU */
@@ -153,6 +154,12 @@ struct pageset {
 	unsigned char *state;        /* per object, see the top */
 	int owner;                   /* the cache that refills from it, -1
 					(one-line classes; alloc lock) */
+	struct pcpu_chunk *chunk;    /* of the page, and its page number */
+	uint32_t pg;
+	/* _pcpu_backed_gen when every index in use was last seen to hold
+	 * data on this page, and when the kernel was last asked about the
+	 * ones not known (atomic; see ps_backed) */
+	unsigned long backed_gen, learnt_gen;
 };
 
 enum { LIST_PARTIAL, LIST_FULL, LIST_EMPTY, NR_LISTS, LIST_NONE = NR_LISTS };
@@ -535,6 +542,10 @@ static struct pageset *ps_create(unsigned int cls, bool *kick)
 	unsigned int n = (unsigned int)(_pcpu_g.page_size >> (cls + 2));
 	ps->nr_objs = ps->nr_free = (uint16_t)n;
 	ps->owner = -1;
+	ps->chunk = _pcpu_chunk_lookup(page);
+	ps->pg = (uint32_t)((size_t)(page - ps->chunk->base) >> page_shift);
+	__atomic_store_n(&ps->backed_gen, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&ps->learnt_gen, 0, __ATOMIC_RELAXED);
 	memset(ps->free_map, 0, (n + 63) / 64 * 8);
 	for (unsigned int i = 0; i < n; i++)
 		ps->free_map[i / 64] |= (uint64_t)1 << (i % 64);
@@ -836,32 +847,251 @@ static void shared_put_one(unsigned int cls, void *obj, struct pageset *ps)
 
 /* ---- per-CPU caches ---- */
 
-/* Zeroes @p's @size bytes on every used index, writing only where they
- * are not zero already (a page no one wrote stays unbacked).  Objects of
- * 8 bytes and more are 8-byte aligned. */
-static inline __attribute__((always_inline)) void zero_used(char *p,
+/*
+ * Zeroing a freed object reads its copy on every index in use and writes
+ * the words that are not zero.  It reads only pages that hold data
+ * (backed.c): ps_backed says whether every index of @used holds data on
+ * @ps's page, an answer kept per pageset until _pcpu_backed_gen moves (a
+ * page written on every index in use then costs one compare per free).
+ * A free on a page some index in use never wrote is pended instead: the
+ * object waits in a list, and a batch of them is zeroed after one
+ * question to the kernel per chunk and index (pend_clean).
+ *
+ * The order: the snapshot of the indexes in use first, then the
+ * generation: index.c bumps the generation before it sets a used bit, so
+ * an index in the snapshot that the pageset's answer did not cover shows
+ * as a newer generation.
+ */
+struct used_snap {
+	int nw;
+	uint64_t w[PCPU_CPUSET_WORDS];
+};
+
+static inline void used_take(struct used_snap *u)
+{
+	u->nw = (_pcpu_g.nr_ids + 63) / 64;
+	for (int w = 0; w < u->nw; w++)
+		u->w[w] = __atomic_load_n(&_pcpu_g.used.bits[w], __ATOMIC_ACQUIRE);
+}
+
+/* The indexes of @u not known to hold data on @ps's page: asks the
+ * kernel about them when @learn.  True when none is left. */
+static bool ps_check(struct pageset *ps, const struct used_snap *u,
+		     bool learn)
+{
+	bool all = true;
+	for (int w = 0; w < u->nw; w++)
+		for (uint64_t x = u->w[w]; x; x &= x - 1) {
+			int idx = w * 64 + __builtin_ctzll(x);
+			if (_pcpu_backed_test(ps->chunk, idx, ps->pg))
+				continue;
+			if (!learn)
+				return false;
+			_pcpu_backed_learn(ps->chunk, idx);
+			all &= _pcpu_backed_test(ps->chunk, idx, ps->pg);
+		}
+	return all;
+}
+
+/* The kernel is asked about a pageset's page once per generation; a page
+ * some index in use has not written stays incomplete until the
+ * generation moves or a cleaning learns better (pend_clean asks once per
+ * batch), and its frees are pended meanwhile. */
+static __attribute__((noinline)) bool ps_backed_slow(struct pageset *ps,
+						      const struct used_snap *u,
+						      unsigned long g)
+{
+	bool learn = __atomic_exchange_n(&ps->learnt_gen, g,
+					 __ATOMIC_RELAXED) != g;
+	if (!ps_check(ps, u, learn))
+		return false;
+	__atomic_store_n(&ps->backed_gen, g, __ATOMIC_RELAXED);
+	return true;
+}
+
+static inline bool ps_backed(struct pageset *ps, const struct used_snap *u)
+{
+	unsigned long g = __atomic_load_n(&_pcpu_backed_gen, __ATOMIC_ACQUIRE);
+	if (PCPU_LIKELY(__atomic_load_n(&ps->backed_gen, __ATOMIC_RELAXED) == g))
+		return true;
+	return ps_backed_slow(ps, u, g);
+}
+
+/* Zeroes @p's @size bytes on index copy @q when not zero already.
+ * Objects of 8 bytes and more are 8-byte aligned. */
+static inline __attribute__((always_inline)) void zero_copy(char *q,
 							     size_t size)
 {
+	uint64_t any;
+	if (size == 4) {
+		any = *(uint32_t *)q;
+	} else {
+		any = 0;
+		for (size_t i = 0; i < size / 8; i++)
+			any |= ((uint64_t *)q)[i];
+	}
+	if (PCPU_UNLIKELY(any))
+		memset(q, 0, size);
+}
+
+/* Zeroes @p on every index of @u (every one known to hold data there). */
+static inline __attribute__((always_inline)) void zero_all(
+	char *p, size_t size, const struct used_snap *u)
+{
 	const unsigned int shift = pcpu__fast.shift;
-	const int nw = _pcpu_g.nr_ids / 64;
-	for (int w = 0; w <= nw; w++) {
-		uint64_t x = __atomic_load_n(&_pcpu_g.used.bits[w],
-					     __ATOMIC_ACQUIRE);
+	for (int w = 0; w < u->nw; w++) {
 		char *base = p + ((size_t)w << (shift + 6));
-		while (x) {
-			char *q = base + ((size_t)__builtin_ctzll(x) << shift);
-			x &= x - 1;
-			uint64_t any;
-			if (size == 4) {
-				any = *(uint32_t *)q;
-			} else {
-				any = 0;
-				for (size_t i = 0; i < size / 8; i++)
-					any |= ((uint64_t *)q)[i];
-			}
-			if (PCPU_UNLIKELY(any))
-				memset(q, 0, size);
+		for (uint64_t x = u->w[w]; x; x &= x - 1)
+			zero_copy(base + ((size_t)__builtin_ctzll(x) << shift),
+				  size);
+	}
+}
+
+/* Zeroes @p on the indexes of @u that hold data on @ps's page now
+ * (asking the kernel for those that are not known). */
+static void zero_backed(struct pageset *ps, char *p, size_t size,
+			const struct used_snap *u)
+{
+	for (int w = 0; w < u->nw; w++)
+		for (uint64_t x = u->w[w]; x; x &= x - 1) {
+			int idx = w * 64 + __builtin_ctzll(x);
+			if (_pcpu_backed_page(ps->chunk, idx, ps->pg))
+				zero_copy(p + ((size_t)idx << pcpu__fast.shift),
+					  size);
 		}
+}
+
+/* ---- pended frees ---- */
+
+#define PEND_CAP 4096   /* pended objects at most */
+#define PEND_BATCH 256  /* the free that pends this many cleans them */
+
+struct pend_item {
+	char *obj;
+	struct pageset *ps;
+};
+static pthread_mutex_t pend_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pend_item pend_list[PEND_CAP];
+static size_t nr_pend; /* pend_lock; read racily for statistics */
+/* clean_lock: one cleaning at a time, owner of the scratch space */
+static pthread_mutex_t clean_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pend_item clean_items[PEND_CAP];
+static void *clean_pairs[2 * PEND_CAP];
+static uint64_t st_pended, st_pend_cleans; /* atomic */
+
+static void shared_put(unsigned int cls, void *const *pairs, size_t n,
+		       bool *kick);
+static void unlock_kick(bool kick);
+
+static int cmp_item(const void *a, const void *b)
+{
+	const struct pend_item *x = a, *y = b;
+	uintptr_t cx = (uintptr_t)x->ps->chunk, cy = (uintptr_t)y->ps->chunk;
+	return cx < cy ? -1 : cx > cy;
+}
+
+/*
+ * pend_clean - zero the pended objects and give them back to their
+ * pagesets.  The kernel is asked once per chunk and index in use that
+ * is not known to hold data on some pended object's page; the copies
+ * that hold data are zeroed, the others read zero.  Allocates nothing.
+ * Returns the objects given back.
+ */
+static size_t pend_clean(void)
+{
+	struct used_snap u;
+	bool kick = false;
+
+	pthread_mutex_lock(&clean_lock);
+	pthread_mutex_lock(&pend_lock);
+	size_t n = nr_pend;
+	memcpy(clean_items, pend_list, n * sizeof(clean_items[0]));
+	__atomic_store_n(&nr_pend, 0, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&pend_lock);
+	if (!n) {
+		pthread_mutex_unlock(&clean_lock);
+		return 0;
+	}
+	used_take(&u);
+	qsort(clean_items, n, sizeof(clean_items[0]), cmp_item);
+	for (size_t a = 0; a < n;) {
+		struct pcpu_chunk *c = clean_items[a].ps->chunk;
+		size_t b = a;
+		while (b < n && clean_items[b].ps->chunk == c)
+			b++;
+		for (int w = 0; w < u.nw; w++)
+			for (uint64_t x = u.w[w]; x; x &= x - 1) {
+				int idx = w * 64 + __builtin_ctzll(x);
+				for (size_t i = a; i < b; i++)
+					if (!_pcpu_backed_test(c, idx,
+							       clean_items[i].ps->pg)) {
+						_pcpu_backed_learn(c, idx);
+						break;
+					}
+			}
+		a = b;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct pageset *ps = clean_items[i].ps;
+		char *obj = clean_items[i].obj;
+		unsigned int cls = ps->cls;
+		for (int w = 0; w < u.nw; w++)
+			for (uint64_t x = u.w[w]; x; x &= x - 1) {
+				int idx = w * 64 + __builtin_ctzll(x);
+				if (_pcpu_backed_test(ps->chunk, idx, ps->pg))
+					zero_copy(obj + ((size_t)idx
+							 << pcpu__fast.shift),
+						  class_size(cls));
+			}
+		_pcpu_initval_object_zeroed();
+		__atomic_store_n(state_of(ps, (size_t)(obj - ps_page(ps)) >>
+						     (cls + 2)),
+				 0, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_lock(&_pcpu_alloc_lock);
+	for (unsigned int cls = 0; cls < NR_CLASSES; cls++) {
+		size_t m = 0;
+		for (size_t i = 0; i < n; i++)
+			if (clean_items[i].ps->cls == cls) {
+				clean_pairs[2 * m] = clean_items[i].obj;
+				clean_pairs[2 * m + 1] = clean_items[i].ps;
+				m++;
+			}
+		if (m)
+			shared_put(cls, clean_pairs, m, &kick);
+	}
+	unlock_kick(kick);
+	__atomic_add_fetch(&st_pend_cleans, 1, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&clean_lock);
+	return n;
+}
+
+size_t _pcpu_cache_clean_pending(void)
+{
+	if (!__atomic_load_n(&nr_pend, __ATOMIC_RELAXED))
+		return 0;
+	return pend_clean();
+}
+
+/* Pends the free of @obj (state STATE_PENDING, zeroed where known). */
+static void pend(char *obj, struct pageset *ps)
+{
+	for (;;) {
+		pthread_mutex_lock(&pend_lock);
+		size_t n = nr_pend;
+		if (n < PEND_CAP) {
+			pend_list[n].obj = obj;
+			pend_list[n].ps = ps;
+			__atomic_store_n(&nr_pend, n + 1, __ATOMIC_RELAXED);
+		}
+		pthread_mutex_unlock(&pend_lock);
+		if (n < PEND_CAP) {
+			__atomic_add_fetch(&st_pended, 1, __ATOMIC_RELAXED);
+			if (n + 1 >= PEND_BATCH)
+				pend_clean();
+			return;
+		}
+		pend_clean();
 	}
 }
 
@@ -875,13 +1105,16 @@ static inline __attribute__((always_inline)) void zero_used(char *p,
  * its objects).  Objects those threads had in flight (popped and not yet
  * marked handed out, or being freed) would be lost: they go back to
  * their free sets, zeroed, so that the invariants hold in the child.
- * Costs one pass over the pagesets.
+ * Pended objects stay pended (the fork held pend_lock and clean_lock, so
+ * each is in the list).  Costs one pass over the pagesets.
  */
 static void cache_atfork_child(void)
 {
-	struct pcpu_cpuset used;
+	struct used_snap u;
 	bool kick = false;
 
+	pthread_mutex_init(&pend_lock, NULL);
+	pthread_mutex_init(&clean_lock, NULL);
 	for (int i = 0; i < nr_cache_list; i++) {
 		struct cache_cpu *cc = caches[cache_list[i]];
 		cc->lock = 0;
@@ -899,7 +1132,7 @@ static void cache_atfork_child(void)
 		}
 	}
 	pthread_mutex_init(&drain_lock, NULL);
-	_pcpu_used_snapshot(&used);
+	used_take(&u);
 	for (unsigned int c = 0; c < NR_CLASSES; c++)
 		for (int l = 0; l < NR_LISTS; l++)
 			for (struct pageset *ps = classes[c].head[l], *next; ps;
@@ -916,7 +1149,8 @@ static void cache_atfork_child(void)
 					} else if ((*v == 0 || *v == STATE_FREEING) &&
 						   !((ps->free_map[i / 64] >>
 						      (i % 64)) & 1)) {
-						zero_used(pair[0], class_size(c));
+						zero_backed(ps, pair[0],
+							    class_size(c), &u);
 						*v = 0;
 						shared_return(c, pair, 1);
 					}
@@ -925,6 +1159,18 @@ static void cache_atfork_child(void)
 	for (unsigned int c = 0; c < NR_CLASSES; c++)
 		retire_empty(c, SPARE_PAGESETS, &kick);
 	nr_dup_found = 0;
+}
+
+static void cache_atfork_prepare(void)
+{
+	pthread_mutex_lock(&clean_lock);
+	pthread_mutex_lock(&pend_lock);
+}
+
+static void cache_atfork_parent(void)
+{
+	pthread_mutex_unlock(&pend_lock);
+	pthread_mutex_unlock(&clean_lock);
 }
 
 static void cache_init_once(void)
@@ -956,7 +1202,8 @@ static void cache_init_once(void)
 	env = getenv("PCPU_CACHE_IDLE_MS");
 	if (env && atol(env) > 0)
 		idle_ns = atol(env) * 1000000LL;
-	pthread_atfork(NULL, NULL, cache_atfork_child);
+	pthread_atfork(cache_atfork_prepare, cache_atfork_parent,
+		       cache_atfork_child);
 	__atomic_store_n(&cache_mode, mode, __ATOMIC_RELEASE);
 }
 
@@ -1008,20 +1255,20 @@ static struct cache_cpu *cache_get(int idx)
 
 /*
  * op_cache - the cache the calling thread uses now.  *@rs: change it with
- * rseq sections: on the rseq path, the thread's CPU (or concurrency id)
- * made ready as any operation would (pcpu_this_cpu) and pcpu__ok set;
- * else under its spinlock: the shared slot's cache on the rseq path, or
- * on the atomic path the cache of the CPU the thread runs on
- * (sched_getcpu: caches spread contention over real CPUs; a simulated CPU
- * is about per-CPU memory, which an allocation does not write, so none
- * is made used by it).
+ * rseq sections: on the rseq path, the thread's index is READY
+ * (pcpu__ok set).  Else under its spinlock: on the rseq path the cache
+ * kept at index nr_ids for threads whose index is not ready (an object
+ * cache only, no per-CPU data: no section ever writes it), on the atomic
+ * path the cache of the CPU the thread runs on (sched_getcpu: caches
+ * spread contention over real CPUs; an allocation writes no copy, so it
+ * brings no index into use).
  */
 static struct cache_cpu *op_cache(int *idx, bool *rs)
 {
 	int nr = _pcpu_g.nr_ids, i;
 	if (__atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE) == PCPU_PATH_RSEQ) {
 		i = pcpu_this_cpu();
-		*rs = i < nr && __atomic_load_n(&pcpu__ok[i], __ATOMIC_ACQUIRE);
+		*rs = __atomic_load_n(&pcpu__ok[i], __ATOMIC_ACQUIRE);
 		if (!*rs)
 			i = nr; /* only ever locked: no section writes it */
 	} else {
@@ -1323,16 +1570,23 @@ bool _pcpu_cache_free(void *p)
 		return report("invalid free", p);
 	unsigned char *state = state_of(ps, off >> (cls + 2));
 	unsigned char v = __atomic_load_n(state, __ATOMIC_ACQUIRE);
-	if (PCPU_UNLIKELY(v == 0 || v == STATE_FREEING))
+	if (PCPU_UNLIKELY(v == 0 || v >= STATE_PENDING))
 		return report("double free", p);
 	/* no atomic RMW: two frees racing here can both pass; hand_out
 	 * catches the second copy (see the top) */
 	__atomic_store_n(state, STATE_FREEING, __ATOMIC_RELAXED);
-	/* indexes being set up first: one that is published meanwhile is
-	 * in the used snapshot zero_used takes after */
-	_pcpu_hotplug_object_freed(p, size);
-	zero_used(p, size);
-	_pcpu_hotplug_object_zeroed();
+	/* indexes coming into use first: one that is published meanwhile
+	 * is in the snapshot taken after */
+	_pcpu_initval_object_freed(ps->chunk, p, size);
+	struct used_snap u;
+	used_take(&u);
+	if (PCPU_UNLIKELY(!ps_backed(ps, &u))) {
+		__atomic_store_n(state, STATE_PENDING, __ATOMIC_RELAXED);
+		pend(p, ps);
+		return true;
+	}
+	zero_all(p, size, &u);
+	_pcpu_initval_object_zeroed();
 	__atomic_store_n(state, 0, __ATOMIC_RELEASE);
 
 	if (PCPU_LIKELY(__atomic_load_n(&cache_mode, __ATOMIC_RELAXED) ==
@@ -1369,7 +1623,7 @@ bool _pcpu_cache_alloc_size(const void *p, size_t *size)
 	if (!(off & (class_size(cls) - 1)))
 		v = __atomic_load_n(state_of(ps, off >> (cls + 2)),
 				    __ATOMIC_ACQUIRE);
-	*size = v == STATE_FREEING ? 0 : (size_t)v * 4;
+	*size = v >= STATE_PENDING ? 0 : (size_t)v * 4;
 	if (!*size)
 		errno = EINVAL;
 	return true;
@@ -1555,6 +1809,7 @@ size_t pcpu_drain(unsigned int flags)
 	_pcpu_ensure_init();
 	if (__atomic_load_n(&cache_mode, __ATOMIC_ACQUIRE) < 0)
 		return 0; /* no object was ever cached */
+	pend_clean();
 	pthread_mutex_lock(&drain_lock);
 	size_t n = drain_targets(collect(false));
 	pthread_mutex_unlock(&drain_lock);
@@ -1571,6 +1826,8 @@ void _pcpu_cache_tick(bool pressure)
 		pcpu_drain(PCPU_DRAIN_PAGES);
 		return;
 	}
+	if (__atomic_load_n(&nr_pend, __ATOMIC_RELAXED))
+		pend_clean();
 	pthread_mutex_lock(&drain_lock);
 	int n = collect(true);
 	if (n)
@@ -1595,7 +1852,7 @@ void _pcpu_cache_stats(struct pcpu_stats *st)
 				for (unsigned int i = 0; i < ps->nr_objs; i++) {
 					unsigned char v = __atomic_load_n(
 						state_of(ps, i), __ATOMIC_ACQUIRE);
-					if (v) {
+					if (v && v != STATE_PENDING) {
 						live++;
 						bytes += v == STATE_FREEING
 								 ? class_size(c)
@@ -1650,6 +1907,9 @@ void _pcpu_cache_stats(struct pcpu_stats *st)
 						__ATOMIC_RELAXED);
 	st->cache_fences = __atomic_load_n(&st_fences, __ATOMIC_RELAXED);
 	st->cache_objs_drained = __atomic_load_n(&st_drained, __ATOMIC_RELAXED);
+	st->zero_pending = __atomic_load_n(&nr_pend, __ATOMIC_RELAXED);
+	st->zero_pended = __atomic_load_n(&st_pended, __ATOMIC_RELAXED);
+	st->zero_cleans = __atomic_load_n(&st_pend_cleans, __ATOMIC_RELAXED);
 }
 
 static int bad(const char *what, const void *where)
@@ -1692,38 +1952,43 @@ static int check_pageset(const struct pageset *ps, unsigned int cls, int list)
 		if (in_free && v)
 			return bad("object in the free set is handed out",
 				   ps_page(ps) + ((size_t)i << (cls + 2)));
-		if (v > 64 && v != STATE_FREEING)
+		if (v > 64 && v != STATE_FREEING && v != STATE_PENDING)
 			return bad("object state", ps_page(ps));
 	}
 	return 0;
 }
 
-/* Every object that is not handed out reads zero on every used index. */
-static int check_zero(const struct pageset *ps, unsigned int cls,
-		      const struct pcpu_cpuset *used)
+/* Every object that is not handed out (nor pended) reads zero on every
+ * index in use (reading only copies whose page holds data). */
+static int check_zero(struct pageset *ps, unsigned int cls,
+		      const struct used_snap *u)
 {
 	size_t size = class_size(cls);
-	for (unsigned int i = 0; i < ps->nr_objs; i++) {
-		if (__atomic_load_n(state_of(ps, i), __ATOMIC_ACQUIRE))
-			continue;
-		const char *p = ps_page(ps) + i * size;
-		for (int idx = _pcpu_cpuset_next(used, 0);
-		     idx >= 0 && idx <= _pcpu_g.nr_ids;
-		     idx = _pcpu_cpuset_next(used, idx + 1)) {
-			const uint32_t *q =
-				(const uint32_t *)(p + (size_t)idx *
-							       _pcpu_g.unit_size);
-			for (size_t j = 0; j < size / 4; j++)
-				if (__atomic_load_n(&q[j], __ATOMIC_RELAXED)) {
-					fprintf(stderr,
-						"libpcpu: validate: object %p "
-						"is not handed out but reads "
-						"%#x on index %d\n",
-						(const void *)p, q[j], idx);
-					return -EUCLEAN;
-				}
+	for (int w = 0; w < u->nw; w++)
+		for (uint64_t x = u->w[w]; x; x &= x - 1) {
+			int idx = w * 64 + __builtin_ctzll(x);
+			if (!_pcpu_backed_page(ps->chunk, idx, ps->pg))
+				continue;
+			for (unsigned int i = 0; i < ps->nr_objs; i++) {
+				if (__atomic_load_n(state_of(ps, i),
+						    __ATOMIC_ACQUIRE))
+					continue;
+				const char *p = ps_page(ps) + i * size;
+				const uint32_t *q =
+					(const uint32_t *)(p + (size_t)idx *
+								       _pcpu_g.unit_size);
+				for (size_t j = 0; j < size / 4; j++)
+					if (__atomic_load_n(&q[j],
+							    __ATOMIC_RELAXED)) {
+						fprintf(stderr,
+							"libpcpu: validate: object "
+							"%p is not handed out but "
+							"reads %#x on index %d\n",
+							(const void *)p, q[j], idx);
+						return -EUCLEAN;
+					}
+			}
 		}
-	}
 	return 0;
 }
 
@@ -1807,9 +2072,9 @@ int _pcpu_cache_validate_locked(void)
 {
 	if (__atomic_load_n(&cache_mode, __ATOMIC_ACQUIRE) < 0)
 		return 0;
-	struct pcpu_cpuset used;
-	uint64_t nps = 0, not_out = 0, free_objs = 0;
-	_pcpu_used_snapshot(&used);
+	struct used_snap used;
+	uint64_t nps = 0, not_out = 0, free_objs = 0, pended = 0;
+	used_take(&used);
 	for (unsigned int c = 0; c < NR_CLASSES; c++) {
 		for (int l = 0; l < NR_LISTS; l++) {
 			uint32_t n = 0;
@@ -1820,8 +2085,11 @@ int _pcpu_cache_validate_locked(void)
 					r = check_zero(ps, c, &used);
 				if (r)
 					return r;
-				for (unsigned int i = 0; i < ps->nr_objs; i++)
-					not_out += !*state_of(ps, i);
+				for (unsigned int i = 0; i < ps->nr_objs; i++) {
+					unsigned char v = *state_of(ps, i);
+					not_out += !v;
+					pended += v == STATE_PENDING;
+				}
 				free_objs += ps->nr_free;
 				n++;
 			}
@@ -1840,6 +2108,15 @@ int _pcpu_cache_validate_locked(void)
 	int r = check_caches(&cached);
 	if (r)
 		return r;
+	/* (pend_lock comes before the allocator lock: read, not taken) */
+	size_t np = __atomic_load_n(&nr_pend, __ATOMIC_RELAXED);
+	if (pended != np) {
+		fprintf(stderr,
+			"libpcpu: validate: object caches: %llu objects pended, "
+			"%zu in the list\n",
+			(unsigned long long)pended, np);
+		return -EUCLEAN;
+	}
 	if (not_out != free_objs + cached) {
 		fprintf(stderr,
 			"libpcpu: validate: object caches: %llu objects not "

@@ -1,29 +1,30 @@
 /*
  * chunk.c - chunks, units and the allocation API (pcpu_alloc/pcpu_free).
  *
- * A chunk is one reservation (one mapping) of nr_ids + 1 units at a
- * constant stride (the unit size), so CPU c's copy of an area at offset o
- * lives at base + c * stride + o and the shared slot's at
- * base + nr_ids * stride + o:
+ * A chunk is one reservation (one mapping) of nr_ids units at a constant
+ * stride (the unit size), so index i's copy of an area at offset o lives
+ * at base + i * stride + o:
  *
- *     base                base+stride          base+nr_ids*stride
- *     | unit 0 (CPU 0)    | unit 1 (CPU 1) |...| shared slot |
- *     |  [a][b]   [c]     |  [a][b]   [c]  |...| [a][b] [c]  |
+ *     base                base+stride          base+(nr_ids-1)*stride
+ *     | unit 0 (CPU 0)    | unit 1 (CPU 1) |...| unit nr_ids-1 |
+ *     |  [a][b]   [c]     |  [a][b]   [c]  |...|  [a][b]  [c]  |
  *
  * Every unit has the same layout, described once by the chunk's area map
  * (areamap.c).  Metadata is out of band: struct pcpu_chunk and its maps
  * live in malloc'd memory, never inside units.  Address space is reserved
  * with MAP_NORESERVE and pages are backed by the kernel when first
- * written, so a CPU that never runs the program costs nothing but address
- * space.
+ * written, so an index that never writes costs nothing but address
+ * space.  The base is aligned to the unit size, so that a lock-free table
+ * finds a chunk from any address of its first unit (_pcpu_chunk_find).
  *
  * Invariants (docs/DESIGN.md, checked by pcpu_validate):
- *   - every free word of every unit of a used index reads zero: frees zero
- *     the area on used indexes (only words that are not zero already, so a
- *     page no one wrote stays unbacked);
+ *   - every free word of every unit of an index in use reads zero: frees
+ *     zero the area on the indexes in use, reading only pages known to
+ *     hold data (backed.c), so a page nobody wrote stays unbacked;
  *   - a chunk sits in slot fls(map.contig_hint), and contig_hint is never
  *     below the largest free run;
- *   - chunks[] is sorted by base and holds every chunk once;
+ *   - chunks[] is sorted by base and holds every chunk once, and the
+ *     lock-free table maps each installed chunk's first unit to it;
  *   - nr_alloc of a chunk equals its live allocation starts.
  *
  * Reclaim (reclaim.c) moves chunks between three states: active (in the
@@ -151,6 +152,66 @@ struct pcpu_chunk *_pcpu_chunk_first(int list)
 	return lists[list].head;
 }
 
+/*
+ * The lock-free table: chunk by (address of its first unit) >> unit
+ * shift, in two levels of 2^14 entries (48-bit addresses; a chunk mapped
+ * above that is found through chunks[] under the lock).  Entries are
+ * written under alloc_lock at install and uninstall; leaves are never
+ * freed.
+ */
+#define TAB_BITS 14
+#define TAB_SIZE ((size_t)1 << TAB_BITS)
+static struct pcpu_chunk **tab_top[TAB_SIZE];
+
+static unsigned int unit_shift(void)
+{
+	return (unsigned int)__builtin_ctzl(_pcpu_g.unit_size);
+}
+
+/* Context: alloc_lock held.  0 or -ENOMEM. */
+static int tab_set(struct pcpu_chunk *c, struct pcpu_chunk *val)
+{
+	uintptr_t key = (uintptr_t)c->base >> unit_shift();
+	if (key >> (2 * TAB_BITS))
+		return 0; /* above the table: chunks[] finds it */
+	struct pcpu_chunk **leaf = tab_top[key >> TAB_BITS];
+	if (!leaf) {
+		if (!val)
+			return 0;
+		leaf = calloc(TAB_SIZE, sizeof(*leaf));
+		if (!leaf)
+			return -ENOMEM;
+		__atomic_store_n(&tab_top[key >> TAB_BITS], leaf,
+				 __ATOMIC_RELEASE);
+	}
+	__atomic_store_n(&leaf[key & (TAB_SIZE - 1)], val, __ATOMIC_RELEASE);
+	return 0;
+}
+
+/* The table's entry for @p; NULL when none or above the table. */
+static struct pcpu_chunk *tab_get(const void *p)
+{
+	uintptr_t key = (uintptr_t)p >> unit_shift();
+	if (key >> (2 * TAB_BITS))
+		return NULL;
+	struct pcpu_chunk **leaf =
+		__atomic_load_n(&tab_top[key >> TAB_BITS], __ATOMIC_ACQUIRE);
+	return leaf ? __atomic_load_n(&leaf[key & (TAB_SIZE - 1)],
+				      __ATOMIC_ACQUIRE)
+		    : NULL;
+}
+
+struct pcpu_chunk *_pcpu_chunk_find(const void *p)
+{
+	struct pcpu_chunk *c;
+	if (PCPU_LIKELY(!(((uintptr_t)p >> unit_shift()) >> (2 * TAB_BITS))))
+		return tab_get(p);
+	pthread_mutex_lock(&_pcpu_alloc_lock);
+	c = _pcpu_chunk_lookup(p);
+	pthread_mutex_unlock(&_pcpu_alloc_lock);
+	return c;
+}
+
 struct pcpu_chunk *_pcpu_chunk_lookup(const void *p)
 {
 	size_t lo = 0, hi = _pcpu_nr_chunks;
@@ -188,7 +249,7 @@ size_t _pcpu_chunk_after(const char *base)
 struct pcpu_chunk *_pcpu_chunk_create(void)
 {
 	size_t unit = _pcpu_g.unit_size, page = _pcpu_g.page_size;
-	size_t len = (size_t)(_pcpu_g.nr_ids + 1) * unit;
+	size_t len = (size_t)_pcpu_g.nr_ids * unit;
 	size_t pages = unit / page, words = (pages + 63) / 64;
 	struct pcpu_chunk *c = calloc(1, sizeof(*c));
 
@@ -199,10 +260,14 @@ struct pcpu_chunk *_pcpu_chunk_create(void)
 	if (!c->page_touched)
 		goto fail;
 	c->page_used = c->page_touched + words;
+	c->backed_words = (uint32_t)words;
+	c->backed = calloc((size_t)_pcpu_g.nr_ids * words, sizeof(uint64_t));
+	if (!c->backed)
+		goto fail;
 	if (_pcpu_areamap_init(&c->map, (uint32_t)(unit / 4),
 			       (uint32_t)(page / 4)))
 		goto fail;
-	c->base = _pcpu_os_reserve(len);
+	c->base = _pcpu_os_reserve(len, unit);
 	if (!c->base)
 		goto fail;
 	c->len = len;
@@ -211,6 +276,7 @@ fail:
 	if (c) {
 		_pcpu_areamap_destroy(&c->map);
 		free(c->page_touched);
+		free(c->backed);
 		free(c);
 	}
 	errno = ENOMEM;
@@ -223,12 +289,16 @@ fail:
  */
 int _pcpu_chunk_install(struct pcpu_chunk *c)
 {
+	if (tab_set(c, c))
+		return -ENOMEM;
 	if (_pcpu_nr_chunks == chunks_cap) {
 		size_t cap = chunks_cap ? chunks_cap * 2 : 16;
 		struct pcpu_chunk **n =
 			realloc(_pcpu_chunks, cap * sizeof(*n));
-		if (!n)
+		if (!n) {
+			tab_set(c, NULL);
 			return -ENOMEM;
+		}
 		_pcpu_chunks = n;
 		chunks_cap = cap;
 	}
@@ -262,6 +332,7 @@ void _pcpu_chunk_uninstall(struct pcpu_chunk *c)
 	memmove(&_pcpu_chunks[i], &_pcpu_chunks[i + 1],
 		(_pcpu_nr_chunks - i - 1) * sizeof(*_pcpu_chunks));
 	_pcpu_nr_chunks--;
+	tab_set(c, NULL);
 	if (c->list >= 0)
 		list_unlink(c);
 	c->state = PCPU_CHUNK_ISOLATED;
@@ -286,6 +357,7 @@ int _pcpu_chunk_destroy(struct pcpu_chunk *c)
 		return ret;
 	_pcpu_areamap_destroy(&c->map);
 	free(c->page_touched);
+	free(c->backed);
 	free(c);
 	return 0;
 }
@@ -553,19 +625,29 @@ static bool mem_is_zero(const void *p, size_t n)
 	return true;
 }
 
-/* Zeroes an area on every used index, writing only where it is not zero
- * already (so pages no one wrote stay unbacked). */
-static void area_zero(struct pcpu_chunk *c, uint32_t off, uint32_t bits)
+void _pcpu_chunk_zero(struct pcpu_chunk *c, char *p, size_t bytes)
 {
 	struct pcpu_cpuset used;
+	const size_t page = _pcpu_g.page_size, unit = _pcpu_g.unit_size;
+	size_t off = (size_t)(p - c->base);
+	uint32_t pg0 = (uint32_t)(off / page);
+	uint32_t pg1 = (uint32_t)((off + bytes - 1) / page);
+
 	_pcpu_used_snapshot(&used);
-	for (int idx = _pcpu_cpuset_next(&used, 0);
-	     idx >= 0 && idx <= _pcpu_g.nr_ids;
-	     idx = _pcpu_cpuset_next(&used, idx + 1)) {
-		char *q = c->base + (size_t)idx * _pcpu_g.unit_size +
-			  (size_t)off * 4;
-		if (!mem_is_zero(q, (size_t)bits * 4))
-			memset(q, 0, (size_t)bits * 4);
+	_pcpu_cpuset_for_each(idx, &used) {
+		if (idx >= _pcpu_g.nr_ids)
+			break;
+		if (!_pcpu_backed_all(c, idx, pg0, pg1))
+			_pcpu_backed_learn(c, idx);
+		for (uint32_t pg = pg0; pg <= pg1; pg++) {
+			if (!_pcpu_backed_test(c, idx, pg))
+				continue; /* holds no data: reads zero */
+			size_t lo = pg == pg0 ? off : (size_t)pg * page;
+			size_t hi = pg == pg1 ? off + bytes : (size_t)(pg + 1) * page;
+			char *q = c->base + (size_t)idx * unit + lo;
+			if (!mem_is_zero(q, hi - lo))
+				memset(q, 0, hi - lo);
+		}
 	}
 }
 
@@ -587,8 +669,8 @@ void pcpu_free(void *p)
 		return;
 	}
 	uint32_t bits = _pcpu_areamap_size(&c->map, off);
-	_pcpu_hotplug_area_freed(p);
-	area_zero(c, off, bits);
+	_pcpu_initval_area_freed(c, p, (size_t)bits * 4);
+	_pcpu_chunk_zero(c, p, (size_t)bits * 4);
 	_pcpu_areamap_free(&c->map, off);
 	c->nofit_bits = 0;
 	c->nr_alloc--;
@@ -642,8 +724,9 @@ bool _pcpu_chunk_page_put(void *page)
 	if (!c)
 		_pcpu_fatal("pageset page %p is not an area", page);
 	uint32_t bits = _pcpu_areamap_size(&c->map, off);
-	_pcpu_hotplug_area_freed(page);
-	area_zero(c, off, bits);
+	/* every object of a retired pageset is free, and free objects read
+	 * zero on every index in use (cache.c): nothing to zero, nothing
+	 * to read */
 	_pcpu_areamap_free(&c->map, off);
 	c->nofit_bits = 0;
 	c->nr_alloc--;
@@ -694,22 +777,28 @@ static uint32_t count_starts(const struct pcpu_areamap *m)
 	return n;
 }
 
-/* Checks that every free word of touched pages reads zero on every used
- * index. */
-static int check_free_zero(const struct pcpu_chunk *c,
-			   const struct pcpu_cpuset *used)
+/* Checks that every free word of touched pages reads zero on every index
+ * in use, reading only pages that hold data (asks the kernel once per
+ * unit). */
+static int check_free_zero(struct pcpu_chunk *c, const struct pcpu_cpuset *used)
 {
 	const struct pcpu_areamap *m = &c->map;
 	uint32_t wpp = (uint32_t)(_pcpu_g.page_size / 4);
-	for (uint32_t pg = 0; pg < m->nr_blocks; pg++) {
-		if (!test_bit(c->page_touched, pg))
-			continue;
-		for (int idx = _pcpu_cpuset_next(used, 0);
-		     idx >= 0 && idx <= _pcpu_g.nr_ids;
-		     idx = _pcpu_cpuset_next(used, idx + 1)) {
-			const uint32_t *u =
-				(const uint32_t *)(c->base +
-						   (size_t)idx * _pcpu_g.unit_size);
+	_pcpu_cpuset_for_each(idx, used) {
+		if (idx >= _pcpu_g.nr_ids)
+			break;
+		bool learnt = false;
+		const uint32_t *u =
+			(const uint32_t *)(c->base + (size_t)idx * _pcpu_g.unit_size);
+		for (uint32_t pg = 0; pg < m->nr_blocks; pg++) {
+			if (!test_bit(c->page_touched, pg))
+				continue;
+			if (!_pcpu_backed_test(c, idx, pg) && !learnt) {
+				_pcpu_backed_learn(c, idx);
+				learnt = true;
+			}
+			if (!_pcpu_backed_test(c, idx, pg))
+				continue;
 			for (uint32_t w = pg * wpp; w < (pg + 1) * wpp; w++) {
 				if (!test_bit(m->alloc_map, w) &&
 				    __atomic_load_n(&u[w], __ATOMIC_RELAXED)) {
@@ -777,7 +866,7 @@ static int validate_list_state(const struct pcpu_chunk *c)
 
 /* The checks of one chunk, the zero-when-free one over every populated
  * page of every used index included. */
-static int validate_chunk(const struct pcpu_chunk *c,
+static int validate_chunk(struct pcpu_chunk *c,
 			  const struct pcpu_cpuset *used)
 {
 	const char *bad = NULL;
@@ -789,6 +878,9 @@ static int validate_chunk(const struct pcpu_chunk *c,
 		bad = "page bookkeeping differs from the map";
 	else if (count_starts(&c->map) != c->nr_alloc)
 		bad = "nr_alloc differs from the live areas";
+	else if (!(((uintptr_t)c->base >> unit_shift()) >> (2 * TAB_BITS)) &&
+		 tab_get(c->base) != c)
+		bad = "the lock-free table does not find it";
 	else if (check_free_zero(c, used))
 		bad = "a free word is not zero";
 	if (bad) {
@@ -848,7 +940,7 @@ int _pcpu_validate_locked(void)
 int pcpu_validate(void)
 {
 	_pcpu_ensure_init();
-	if (_pcpu_hotplug_validate())
+	if (_pcpu_index_validate())
 		return -EUCLEAN;
 	pthread_mutex_lock(&_pcpu_alloc_lock);
 	int ret = _pcpu_validate_locked();

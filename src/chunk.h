@@ -42,7 +42,14 @@ struct pcpu_chunk {
 	uint64_t *page_touched;
 	uint64_t *page_used;
 	uint32_t nr_pop_pages, nr_empty_pop_pages;
+	/* Pages known to hold data, per index (backed.c): bit pg of word
+	 * backed[idx * backed_words + pg / 64]. */
+	uint64_t *backed;
+	uint32_t backed_words;
 };
+
+/* Words of a unit's page bitmap at most (a 1 MiB unit of 4 KiB pages). */
+#define PCPU_BACKED_MAX_WORDS 4
 
 struct pcpu_chunk_list {
 	struct pcpu_chunk *head, *tail;
@@ -59,6 +66,7 @@ struct pcpu_alloc_counters {
 	uint64_t depopulated_pages, chunks_isolated, chunks_sidelined;
 	uint64_t chunks_reintegrated, chunks_freed, trims, pressure_events;
 	uint64_t balance_passes, nonblock_fails, chunks_grown;
+	uint64_t backed_queries; /* atomic: pagemap reads of backed.c */
 };
 
 extern pthread_mutex_t _pcpu_alloc_lock;
@@ -68,6 +76,10 @@ extern struct pcpu_alloc_counters _pcpu_counters;
 
 int _pcpu_chunk_slot(const struct pcpu_chunk *c);
 struct pcpu_chunk *_pcpu_chunk_lookup(const void *p);
+/* The chunk whose first unit holds @p, without a lock (NULL: none).  The
+ * chunk stays valid while a live area in it is used: only fully free
+ * chunks are released. */
+struct pcpu_chunk *_pcpu_chunk_find(const void *p);
 /* The position in _pcpu_chunks of the first chunk whose base is above
  * @base (NULL: 0); _pcpu_nr_chunks when there is none.  Chunks installed
  * while a walker dropped the lock shift positions, not the order.
@@ -82,8 +94,47 @@ void _pcpu_chunk_uninstall(struct pcpu_chunk *c);
 void _pcpu_chunk_isolate(struct pcpu_chunk *c);
 void _pcpu_chunk_reintegrate(struct pcpu_chunk *c);
 void _pcpu_chunk_pages_sync(struct pcpu_chunk *c, uint32_t pg0, uint32_t pg1);
+/* Zeroes [p, p + bytes) of @c (an address of its first unit) on every
+ * index in use, reading only pages that hold data (backed.c) and writing
+ * only words that are not zero.  The caller owns the bytes (being freed):
+ * nothing else writes them.  May ask the kernel (no lock needed). */
+void _pcpu_chunk_zero(struct pcpu_chunk *c, char *p, size_t bytes);
 /* Head of a list: a slot, or PCPU_NR_SLOTS for the sidelined chunks. */
 struct pcpu_chunk *_pcpu_chunk_first(int list);
+
+/* backed.c: which pages of which units hold data (see its top) */
+extern unsigned long _pcpu_backed_gen; /* atomic */
+void _pcpu_backed_gen_bump(void);
+static inline bool _pcpu_backed_test(const struct pcpu_chunk *c, int idx,
+				     uint32_t pg)
+{
+	return (__atomic_load_n(&c->backed[(size_t)idx * c->backed_words +
+					   pg / 64],
+				__ATOMIC_RELAXED) >>
+		(pg % 64)) & 1;
+}
+/* Pages [pg0, pg1] of unit @idx are all known to hold data. */
+bool _pcpu_backed_all(const struct pcpu_chunk *c, int idx, uint32_t pg0,
+		      uint32_t pg1);
+/* The library wrote (populated) / discarded pages [pg0, pg1] of @idx. */
+void _pcpu_backed_mark(struct pcpu_chunk *c, int idx, uint32_t pg0,
+		       uint32_t pg1);
+void _pcpu_backed_forget(struct pcpu_chunk *c, int idx, uint32_t pg0,
+			 uint32_t pg1);
+/* Asks the kernel which pages of unit @idx hold data now and records
+ * them (one pagemap read).  0 or -errno (then every page counts). */
+int _pcpu_backed_learn(struct pcpu_chunk *c, int idx);
+/* Page @pg of unit @idx holds data: known, or the kernel says so now. */
+bool _pcpu_backed_page(struct pcpu_chunk *c, int idx, uint32_t pg);
+
+/* initval.c's hooks in the free paths.  _pcpu_initval_area_freed: chunk.c,
+ * allocator lock held, before the area is zeroed on the indexes in use;
+ * _pcpu_initval_object_freed: cache.c, no lock held, before that too;
+ * _pcpu_initval_object_zeroed: cache.c, after.  They forget an initial
+ * value and zero the copies of indexes coming into use. */
+void _pcpu_initval_area_freed(struct pcpu_chunk *c, void *p, size_t bytes);
+void _pcpu_initval_object_freed(struct pcpu_chunk *c, void *p, size_t bytes);
+void _pcpu_initval_object_zeroed(void);
 
 /* reclaim.c */
 /* After a free in @c: marks it for depopulation when it qualifies;

@@ -99,7 +99,7 @@ static inline bool index_used(int idx)
 		(idx % 64)) & 1;
 }
 
-/* Indexes whose copies can be non-zero (the shared slot included). */
+/* Indexes whose copies can be non-zero. */
 static int used_count(void)
 {
 	int n = 0;
@@ -308,11 +308,6 @@ static void atomic_word_add(struct pcpu_counter *c, int64_t v)
  * the fast path use it when it commits with rseq.  Before any write. */
 static void note_cid(struct pcpu_counter *c, int idx, bool rs)
 {
-	if (idx >= _pcpu_g.nr_ids) {
-		if (!(__atomic_load_n(&c->hi, __ATOMIC_RELAXED) & HI_SHARED))
-			__atomic_fetch_or(&c->hi, HI_SHARED, __ATOMIC_SEQ_CST);
-		return;
-	}
 	uint32_t want = (uint32_t)idx + 1;
 	uint32_t h = __atomic_load_n(&c->hi, __ATOMIC_RELAXED);
 	while ((h & ~HI_SHARED) < want &&
@@ -331,18 +326,15 @@ static void note_cid(struct pcpu_counter *c, int idx, bool rs)
 
 /*
  * The index the slow path writes now, and whether with rseq; the write
- * ends with _pcpu_hotplug_exit(idx, *@ticket).  A PCPU_COUNTER_PERCPU
- * counter writes a ready CPU's slot or the shared slot (used either way),
- * an atomic write to a CPU's slot inside that CPU's hotplug gate: the CPU
- * cannot be folded and released under it, so the write is never lost.
+ * ends with _pcpu_slow_exit(idx, *@ticket).  An atomic write to a slot
+ * runs inside its index's gate (index.c), so the index can neither turn
+ * to rseq sections nor be released under it: the write is never lost.
  */
 static int slow_index(struct pcpu_counter *c, bool *rs, int *ticket)
 {
 	if (c->flags & PCPU_COUNTER_PERCPU)
 		return _pcpu_slow_enter(rs, ticket);
-	*ticket = -1; /* thread ids and mm_cids: never released under it */
-	int idx = pcpu__cid_slow_index();
-	*rs = pcpu__cid_rseq(idx);
+	int idx = _pcpu_cid_enter(rs, ticket);
 	note_cid(c, idx, *rs);
 	return idx;
 }
@@ -434,7 +426,7 @@ void pcpu__counter_add_slow(struct pcpu_counter *c, int64_t v, int32_t batch)
 		int64_t *q = pcpu__copy(s, idx);
 		if (!rs) {
 			slot_add_atomic(c, q, v, batch);
-			_pcpu_hotplug_exit(idx, t);
+			_pcpu_slow_exit(idx, t);
 			return;
 		}
 		int r = pcpu__arch_add_bounded64(q, v, idx, c->io, batch);
@@ -548,21 +540,19 @@ static int64_t slots_sum(struct pcpu_counter *c, const int64_t *s)
 	uint64_t sum = 0;
 	if (c->flags & PCPU_COUNTER_PERCPU) {
 		int cpu;
-		pcpu_for_each_cpu(cpu) sum += (uint64_t)__atomic_load_n(
-			(const int64_t *)pcpu__copy(s, cpu), __ATOMIC_RELAXED);
+		pcpu_for_each_cpu(cpu) if (_pcpu_copy_backed(s, cpu)) sum +=
+			(uint64_t)__atomic_load_n(
+				(const int64_t *)pcpu__copy(s, cpu),
+				__ATOMIC_RELAXED);
 		return (int64_t)sum;
 	}
 	uint32_t h = __atomic_load_n(&c->hi, __ATOMIC_ACQUIRE);
 	uint32_t n = h & ~HI_SHARED;
 	for (uint32_t i = 0; i < n; i++)
-		if (index_used((int)i))
+		if (index_used((int)i) && _pcpu_copy_backed(s, (int)i))
 			sum += (uint64_t)__atomic_load_n(
 				(const int64_t *)pcpu__copy(s, (int)i),
 				__ATOMIC_RELAXED);
-	if (h & HI_SHARED)
-		sum += (uint64_t)__atomic_load_n(
-			(const int64_t *)pcpu__copy(s, _pcpu_g.nr_ids),
-			__ATOMIC_RELAXED);
 	return (int64_t)sum;
 }
 
@@ -705,17 +695,16 @@ static int limited_far(struct pcpu_counter *c, int64_t *s, int64_t limit,
 		/* used before the budget is read */
 		idx = _pcpu_slow_enter(&rs, &t);
 	} else {
-		idx = pcpu__cid_slow_index();
-		rs = pcpu__cid_rseq(idx);
-		t = -1;
+		idx = _pcpu_cid_enter(&rs, &t);
 		uint32_t h = __atomic_load_n(&c->hi, __ATOMIC_SEQ_CST);
-		if (idx >= _pcpu_g.nr_ids ? !(h & HI_SHARED)
-					  : (uint32_t)idx >= (h & ~HI_SHARED))
+		if ((uint32_t)idx >= (h & ~HI_SHARED)) {
+			_pcpu_slow_exit(idx, t);
 			return 0; /* not in the budget yet: the exact path
 				     adds it */
+		}
 	}
 	int added = limited_far_at(c, s, limit, v, idx, rs);
-	_pcpu_hotplug_exit(idx, t);
+	_pcpu_slow_exit(idx, t);
 	if (!added)
 		return 0;
 	/* store (slot) - load (lim_seq) ordering against limited_exact's
@@ -757,7 +746,7 @@ static bool limited_exact(struct pcpu_counter *c, int64_t limit, int64_t v)
 		 * limited add can take the slot path */
 		bool rs;
 		int t, idx = slow_index(c, &rs, &t);
-		_pcpu_hotplug_exit(idx, t);
+		_pcpu_slow_exit(idx, t);
 	}
 	bool ok;
 	for (;;) {
@@ -812,12 +801,12 @@ static void fold_member(struct pcpu_counter *g, uint32_t i, int idx,
 		return;
 	if (!percpu) {
 		uint32_t h = __atomic_load_n(&m->hi, __ATOMIC_ACQUIRE);
-		if (idx == _pcpu_g.nr_ids ? !(h & HI_SHARED)
-					  : (uint32_t)idx >= (h & ~HI_SHARED))
+		if ((uint32_t)idx >= (h & ~HI_SHARED))
 			return;
 	}
 	int64_t *q = pcpu__copy(g->slots + i, idx);
-	if (!__atomic_load_n(q, __ATOMIC_RELAXED))
+	if (!_pcpu_copy_backed(g->slots + i, idx) ||
+	    !__atomic_load_n(q, __ATOMIC_RELAXED))
 		return;
 	/* announced like an exact limited add: moving a positive residue
 	 * into count frees room in the slot that slot-path limited adds
@@ -845,7 +834,7 @@ static void fold_member(struct pcpu_counter *g, uint32_t i, int idx,
 void _pcpu_counter_fold_index(int idx, unsigned int which)
 {
 	_pcpu_ensure_init();
-	if (idx < 0 || idx > _pcpu_g.nr_ids || !index_used(idx))
+	if (idx < 0 || idx >= _pcpu_g.nr_ids || !index_used(idx))
 		return;
 	pthread_once(&reg_once, reg_init_once);
 	for (int sh = 0; sh < REG_SHARDS; sh++) {

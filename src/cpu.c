@@ -1,39 +1,37 @@
 /*
- * cpu.c - initialisation, index modes, CPU readiness and the slow paths.
+ * cpu.c - initialisation, index modes, the paths, and the slow paths of
+ * the this-CPU operations.
  *
  * An index is what selects a copy: the CPU number (PCPU_INDEX=cpu), the
  * rseq concurrency id mm_cid (PCPU_INDEX=cid), or in simulation the CPU a
- * thread says it acts as.  Index nr_ids is the shared slot.
+ * thread says it acts as.  Every index is 0..nr_ids-1: an operation
+ * always writes the calling CPU's own copy.
  *
  * Two paths, chosen per process:
  *
- *   rseq    CPU copies are only ever changed by rseq critical sections
- *           that commit with one plain store (ops.h).  The shared slot is
- *           only ever changed with atomics.
+ *   rseq    copies of a READY index (index.c) are only ever changed by
+ *           rseq critical sections that commit with one plain store
+ *           (ops.h); other indexes' copies with atomics.
  *   atomic  every copy is changed with atomic read-modify-write: no rseq
  *           (valgrind, GLIBC_TUNABLES=glibc.pthread.rseq=0, old kernels)
  *           and simulation.
  *
  * Mixing the two on one copy would lose updates (a plain add racing an
- * atomic one on another CPU), so a copy is written by exactly one kind.
- * Switching the process from rseq to atomic (pcpu_sim_set_cpu) clears
- * pcpu__ok[] and then fences every CPU with membarrier: every section in
- * flight has then committed or aborted, and a section that starts later
- * sees pcpu__ok[idx] == 0 inside itself and aborts.
+ * atomic one on another CPU), so a copy is written by one kind at a time:
+ * index.c moves an index between them with fences and gates.  Switching
+ * the process from rseq to atomic (pcpu_sim_set_cpu) clears pcpu__ok[]
+ * and then fences every CPU with membarrier: every section in flight has
+ * then committed or aborted, and a section that starts later sees
+ * pcpu__ok[idx] == 0 inside itself and aborts.
  *
- * Readiness (hotplug.c): an index becomes "ready" the first time an
- * operation runs on it and it can be brought up (its units set up, the
- * online callbacks run), and only then may CPU-indexed operations write
- * its copies; an index that is not ready sends them to the shared slot.
- * Ready indexes are "used" (_pcpu_g.used): their copies count.  So a CPU
- * that never runs the program has its pages neither backed nor read, and
- * pcpu_sum and pcpu_free touch only used indexes.  The slow paths here ask
- * hotplug.c for the index (_pcpu_hotplug_enter) and, in the atomic path,
- * do their atomic write inside the gate it hands out, so that a CPU being
- * taken down waits for writes already committed to its copies.
+ * A thread without an rseq registration in an rseq process (raw clone,
+ * unregistered) reads cpu_id -1: its operations take its CPU from
+ * sched_getcpu() and write with atomics, after index.c turned that
+ * index's sections off (a demotion; the hotplug tick turns them on
+ * again a second later).
  *
- * Locks: init_lock, then hotplug.c's (hotplug mutex, unit lock), then
- * cpu_lock (pcpu__ok[], the path, thread ids), then the allocator's.
+ * Locks: init_lock, then the others in the order index.c's top gives;
+ * tid_lock (thread ids) is a leaf.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -44,7 +42,7 @@
 #include <sys/auxv.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "chunk.h"
 
 #ifndef AT_RSEQ_FEATURE_SIZE
 #define AT_RSEQ_FEATURE_SIZE 27
@@ -64,7 +62,7 @@ struct pcpu_global _pcpu_g;
 #define PCPU_UNIT_SIZE ((size_t)1 << 20)
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_mutex_t cpu_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t tid_lock = PTHREAD_MUTEX_INITIALIZER;
 /* Requests made before initialisation. */
 static int req_index_mode = -1;
 static int req_sim_possible;
@@ -115,30 +113,32 @@ static unsigned int rseq_feature_size(void)
 	return size;
 }
 
-/* Lock order: init_lock, hotplug's unit lock, cpu_lock, the allocator's
- * locks, hotplug's init table lock. */
+/* Lock order at fork: init_lock, reclaim_lock, the allocator lock, the
+ * record lock, then the leaves (index.c's ix_lock, tid_lock). */
 static void atfork_prepare(void)
 {
 	pthread_mutex_lock(&init_lock);
-	_pcpu_hotplug_atfork_prepare();
-	pthread_mutex_lock(&cpu_lock);
 	_pcpu_chunk_atfork_prepare();
-	_pcpu_hotplug_atfork_prepare_late();
+	_pcpu_initval_atfork_prepare();
+	_pcpu_index_atfork_prepare();
+	pthread_mutex_lock(&tid_lock);
 }
 
 static void atfork_parent(void)
 {
-	_pcpu_hotplug_atfork_parent_early();
+	pthread_mutex_unlock(&tid_lock);
+	_pcpu_index_atfork_parent();
+	_pcpu_initval_atfork_parent();
 	_pcpu_chunk_atfork_parent();
-	pthread_mutex_unlock(&cpu_lock);
-	_pcpu_hotplug_atfork_parent();
 	pthread_mutex_unlock(&init_lock);
 }
 
 static void atfork_child(void)
 {
+	pthread_mutex_init(&tid_lock, NULL);
+	_pcpu_index_atfork_child();
+	_pcpu_initval_atfork_child();
 	_pcpu_chunk_atfork_child();
-	pthread_mutex_unlock(&cpu_lock);
 	_pcpu_hotplug_atfork_child();
 	pthread_mutex_unlock(&init_lock);
 	_pcpu_os_atfork_child();
@@ -231,6 +231,7 @@ void _pcpu_init_slow(void)
 					 __ATOMIC_RELEASE);
 		}
 	}
+	_pcpu_initval_init();
 	_pcpu_hotplug_init();
 	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 	const char *st = getenv("PCPU_STATS");
@@ -302,102 +303,60 @@ int pcpu_sim_configure(int possible, const char *online)
 	return ret;
 }
 
-/* Switches the process to the atomic path for good; see the top. */
-static void switch_to_atomic(void)
-{
-	pthread_mutex_lock(&cpu_lock);
-	if (_pcpu_g.path == PCPU_PATH_RSEQ) {
-		__atomic_store_n(&pcpu__fast.nr, 0, __ATOMIC_RELEASE);
-		__atomic_store_n(&pcpu__fast.cid_nr, 0, __ATOMIC_RELEASE);
-		for (int i = 0; i < PCPU_MAX_CPUS; i++)
-			__atomic_store_n(&pcpu__ok[i], 0, __ATOMIC_RELEASE);
-		if (_pcpu_os_rseq_fence(-1))
-			_pcpu_fatal("cannot fence rseq critical sections "
-				    "(membarrier); cannot leave the rseq path");
-		__atomic_store_n(&_pcpu_g.path, PCPU_PATH_ATOMIC,
-				 __ATOMIC_RELEASE);
-	}
-	pthread_mutex_unlock(&cpu_lock);
-}
-
 int pcpu_sim_set_cpu(int cpu)
 {
 	_pcpu_ensure_init();
 	if (cpu < -1 || cpu >= _pcpu_g.nr_ids)
 		return -EINVAL;
 	if (cpu >= 0)
-		switch_to_atomic();
+		_pcpu_index_leave_rseq();
 	tls_sim_cpu = cpu;
 	return 0;
 }
 
-bool _pcpu_cpu_ok_set(int idx, bool on)
+/* The calling thread's index, always 0..nr_ids-1; *@unreg: a thread
+ * without rseq registration on the rseq path (atomics only). */
+static int raw_index(bool *unreg)
 {
-	/* The atomic path is for good and keeps pcpu__ok[] all zero: no
-	 * lock then (operations may call this from a signal handler). */
-	if (__atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE) != PCPU_PATH_RSEQ)
-		return false;
-	pthread_mutex_lock(&cpu_lock);
-	bool rseq = _pcpu_g.path == PCPU_PATH_RSEQ;
-	if (idx >= 0 && idx < _pcpu_g.nr_ids)
-		__atomic_store_n(&pcpu__ok[idx], on && rseq, __ATOMIC_SEQ_CST);
-	pthread_mutex_unlock(&cpu_lock);
-	return rseq;
-}
-
-/* For writers that are not indexed by CPU (pcpu_ref's atomic route): the
- * unit of @idx is set up and kept; see _pcpu_hotplug_other.  Returns the
- * index to write: @idx, or the shared slot when @idx's unit could not be
- * set up now (being released, locks busy). */
-int _pcpu_index_make_used(int idx)
-{
-	if (idx >= 0 && idx <= _pcpu_g.nr_ids)
-		return _pcpu_hotplug_other(idx);
-	return idx;
-}
-
-/* The calling thread's raw index (may be out of range). */
-static int raw_index(void)
-{
+	*unreg = false;
 	if (tls_sim_cpu >= 0)
 		return tls_sim_cpu;
 	volatile int32_t *rs = _pcpu_g.rseq ? rseq_area() : NULL;
 	int idx;
-	/* A thread without rseq registration (raw clone, registration
-	 * failed) on the rseq path: its writes must not touch a copy that
-	 * sections of other threads commit to with plain stores. */
-	if (!rs && _pcpu_g.rseq &&
-	    __atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE) == PCPU_PATH_RSEQ)
-		return -1; /* the shared slot */
 	if (rs && _pcpu_g.index_mode == PCPU_INDEX_CID)
 		idx = rs[PCPU_RSEQ_MM_CID_OFFSET / 4];
 	else if (rs)
 		idx = rs[PCPU_RSEQ_CPU_ID_OFFSET / 4];
 	else
 		idx = sched_getcpu();
-	if (_pcpu_g.sim && idx >= 0)
-		idx %= _pcpu_g.nr_ids; /* a real CPU acting in the model */
-	return idx;
+	if (!rs && _pcpu_g.rseq &&
+	    __atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE) == PCPU_PATH_RSEQ)
+		*unreg = true;
+	if (idx < 0)
+		idx = 0; /* no CPU number at all: any index, with atomics */
+	return idx % _pcpu_g.nr_ids; /* a real CPU acting in the model */
 }
-
 
 /*
  * Thread indexes: a compact id per live thread (the lowest free one),
  * released when the thread exits.  They stand in for mm_cid where the
  * kernel has none or in simulation, so that what is indexed by
- * concurrency (counters) needs as many slots as live threads.
+ * concurrency (counters) needs as many slots as live threads.  Beyond
+ * nr_ids live threads, ids are shared: their slots are written with
+ * atomics only, so sharing loses nothing.
  */
 static pthread_key_t thread_index_key;
 static pthread_once_t thread_index_once = PTHREAD_ONCE_INIT;
 static struct pcpu_cpuset thread_index_taken;
+static unsigned int thread_index_next; /* for ids beyond nr_ids */
 static __thread int tls_thread_index = -1;
 
 static void thread_index_release(void *arg)
 {
 	int idx = (int)(intptr_t)arg - 1;
-	pthread_mutex_lock(&cpu_lock);
+	pthread_mutex_lock(&tid_lock);
 	_pcpu_cpuset_clear(&thread_index_taken, idx);
-	pthread_mutex_unlock(&cpu_lock);
+	pthread_mutex_unlock(&tid_lock);
 }
 
 static void thread_index_init(void)
@@ -410,77 +369,107 @@ static int thread_index(void)
 	if (PCPU_LIKELY(tls_thread_index >= 0))
 		return tls_thread_index;
 	pthread_once(&thread_index_once, thread_index_init);
-	pthread_mutex_lock(&cpu_lock);
+	pthread_mutex_lock(&tid_lock);
 	int idx = 0;
 	while (idx < _pcpu_g.nr_ids &&
 	       _pcpu_cpuset_test(&thread_index_taken, idx))
 		idx++;
-	if (idx < _pcpu_g.nr_ids)
+	bool own = idx < _pcpu_g.nr_ids;
+	if (own)
 		_pcpu_cpuset_set(&thread_index_taken, idx);
-	pthread_mutex_unlock(&cpu_lock);
-	if (idx < _pcpu_g.nr_ids)
+	else
+		idx = (int)(thread_index_next++ % (unsigned int)_pcpu_g.nr_ids);
+	pthread_mutex_unlock(&tid_lock);
+	if (own)
 		pthread_setspecific(thread_index_key, (void *)(intptr_t)(idx + 1));
-	tls_thread_index = idx; /* nr_ids: the shared slot, for good */
+	_pcpu_index_use(idx, true); /* written by atomics: kept for good */
+	tls_thread_index = idx;
 	return idx;
 }
 
 /*
- * By mm_cid (rseq path): the index is usable while it is ready, like a
- * CPU's (its slots are written by rseq commits that check pcpu__ok[] and
- * are folded when it is taken down); otherwise the shared slot.  By
- * thread id: the unit is set up for other writers and kept.
+ * _pcpu_cid_enter - the index a write to a slot indexed by concurrency
+ * (counters) uses now.  By mm_cid on the rseq path: as any operation
+ * (index.c decides between a section, *@rseq, and an atomic write inside
+ * the gate, ended by _pcpu_slow_exit(idx, *@ticket)).  By thread id: an
+ * atomic write on the thread's id, whose index is kept in use for good
+ * (*@ticket -1).
  */
-int pcpu__cid_slow_index(void)
+int _pcpu_cid_enter(bool *rseq, int *ticket)
 {
 	_pcpu_ensure_init();
-	int ticket;
 	if (__atomic_load_n(&pcpu__fast.cid_nr, __ATOMIC_ACQUIRE)) {
 		volatile int32_t *rs = rseq_area();
-		if (!rs) /* not registered: slots indexed by mm_cid are
-			    committed with plain stores by others */
-			return _pcpu_hotplug_enter(-1, false, &ticket);
-		int idx = rs[PCPU_RSEQ_MM_CID_OFFSET / 4];
-		if (idx >= 0)
-			return _pcpu_hotplug_enter(idx, false, &ticket);
+		int idx = rs ? rs[PCPU_RSEQ_MM_CID_OFFSET / 4] : -1;
+		bool unreg = !rs;
+		if (idx < 0 || idx >= _pcpu_g.nr_ids) {
+			idx = sched_getcpu();
+			idx = idx < 0 ? 0 : idx % _pcpu_g.nr_ids;
+			unreg = true;
+		}
+		return _pcpu_index_enter(idx, unreg, rseq, ticket);
 	}
-	return _pcpu_hotplug_other(thread_index());
+	*rseq = false;
+	*ticket = -1;
+	return thread_index();
 }
 
-bool pcpu__cid_rseq(int idx)
+bool _pcpu_cid_rseq_path(void)
 {
-	return idx < _pcpu_g.nr_ids &&
-	       __atomic_load_n(&pcpu__fast.cid_nr, __ATOMIC_ACQUIRE) != 0;
+	return __atomic_load_n(&pcpu__fast.cid_nr, __ATOMIC_ACQUIRE) != 0;
 }
 
-/* The calling thread's CPU when libpcpu can index it now (made ready if
- * need be), else the shared slot pcpu_nr_cpu_ids(). */
 int pcpu_this_cpu(void)
 {
 	_pcpu_ensure_init();
-	int ticket;
-	return _pcpu_hotplug_enter(raw_index(), false, &ticket);
+	bool unreg;
+	return raw_index(&unreg);
 }
 
 /*
- * _pcpu_slow_enter - the index a slow-path write uses now.  *@rseq: commit
- * with an rseq section (a ready CPU on the rseq path, pcpu__ok[] set); else an
- * atomic write, between _pcpu_hotplug_enter and _pcpu_hotplug_exit(idx,
- * *@ticket) (the gate of a CPU on the atomic path).
+ * _pcpu_slow_enter - the index a slow-path write of the calling thread
+ * uses now.  *@rseq: commit with an rseq section (which re-checks
+ * pcpu__ok[idx] and the thread's index; retry on an abort); else an
+ * atomic write, then _pcpu_slow_exit(idx, *@ticket).
  */
 int _pcpu_slow_enter(bool *rseq, int *ticket)
 {
 	_pcpu_ensure_init();
-	*rseq = __atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE) ==
-		PCPU_PATH_RSEQ;
-	int idx = _pcpu_hotplug_enter(raw_index(), !*rseq, ticket);
-	if (*rseq && (idx >= _pcpu_g.nr_ids ||
-		      !__atomic_load_n(&pcpu__ok[idx], __ATOMIC_ACQUIRE))) {
-		/* the shared slot, or a CPU between ready and ok: atomics on
-		 * the shared slot, which no section writes */
-		*rseq = false;
-		idx = _pcpu_hotplug_enter(-1, false, ticket);
+	bool unreg;
+	int raw = raw_index(&unreg);
+	return _pcpu_index_enter(raw, unreg, rseq, ticket);
+}
+
+void _pcpu_slow_exit(int idx, int ticket)
+{
+	_pcpu_index_exit(idx, ticket);
+}
+
+void *pcpu__ptr_slow(const void *p, int cpu)
+{
+	_pcpu_ensure_init();
+	if (cpu < 0 || cpu >= _pcpu_g.nr_ids) {
+		_pcpu_report_cpu("pcpu_ptr", p, cpu);
+		errno = EINVAL;
+		return NULL;
 	}
-	return idx;
+	_pcpu_index_use(cpu, true);
+	return pcpu__copy(p, cpu);
+}
+
+/*
+ * The sum over the indexes in use, reading only copies whose page holds
+ * data (backed.c): an index that never wrote the page reads zero, and
+ * reading it could back a page.  A pointer that is no per-CPU area is
+ * reported.
+ */
+static struct pcpu_chunk *sum_chunk(const void *p)
+{
+	_pcpu_ensure_init();
+	struct pcpu_chunk *c = _pcpu_chunk_find(p);
+	if (PCPU_UNLIKELY(!c))
+		_pcpu_report("pcpu_sum of a pointer that is no per-CPU area", p);
+	return c;
 }
 
 #define PCPU__DEFINE_SLOW(W)                                                   \
@@ -492,7 +481,7 @@ int _pcpu_slow_enter(bool *rseq, int *ticket)
 			uint##W##_t *q = pcpu__copy(p, idx);                   \
 			if (!rs) {                                             \
 				__atomic_fetch_add(q, v, __ATOMIC_RELAXED);    \
-				_pcpu_hotplug_exit(idx, t);                    \
+				_pcpu_slow_exit(idx, t);                       \
 				return;                                        \
 			}                                                      \
 			if (pcpu__arch_add##W(q, v, idx,                       \
@@ -508,7 +497,7 @@ int _pcpu_slow_enter(bool *rseq, int *ticket)
 			uint##W##_t *q = pcpu__copy(p, idx);                   \
 			if (!rs) {                                             \
 				__atomic_store_n(q, v, __ATOMIC_RELAXED);      \
-				_pcpu_hotplug_exit(idx, t);                    \
+				_pcpu_slow_exit(idx, t);                       \
 				return;                                        \
 			}                                                      \
 			if (pcpu__arch_write##W(q, v, idx,                     \
@@ -518,23 +507,26 @@ int _pcpu_slow_enter(bool *rseq, int *ticket)
 	}                                                                      \
 	uint##W##_t pcpu__read_slow##W(const void *p)                          \
 	{                                                                      \
-		_pcpu_ensure_init();                                           \
-		bool rs = __atomic_load_n(&_pcpu_g.path, __ATOMIC_ACQUIRE) ==  \
-			  PCPU_PATH_RSEQ;                                      \
-		int t, idx = _pcpu_hotplug_enter(raw_index(), !rs, &t);        \
+		bool rs;                                                       \
+		int t, idx = _pcpu_slow_enter(&rs, &t);                        \
 		uint##W##_t v = __atomic_load_n(                               \
 			(const uint##W##_t *)pcpu__copy(p, idx),               \
 			__ATOMIC_RELAXED);                                     \
-		_pcpu_hotplug_exit(idx, t);                                    \
+		_pcpu_slow_exit(idx, t);                                       \
 		return v;                                                      \
 	}                                                                      \
 	uint##W##_t pcpu__sum##W(const void *p)                                \
 	{                                                                      \
+		struct pcpu_chunk *c = sum_chunk(p);                           \
 		uint##W##_t sum = 0;                                           \
+		if (!c)                                                        \
+			return 0;                                              \
+		uint32_t pg = (uint32_t)(((const char *)p - c->base) /         \
+					 _pcpu_g.page_size);                   \
 		int cpu;                                                       \
-		pcpu_for_each_cpu(cpu) sum += __atomic_load_n(                 \
-			(const uint##W##_t *)pcpu__copy(p, cpu),               \
-			__ATOMIC_RELAXED);                                     \
+		pcpu_for_each_cpu(cpu) if (_pcpu_backed_page(c, cpu, pg)) sum += \
+			__atomic_load_n((const uint##W##_t *)pcpu__copy(p, cpu), \
+					__ATOMIC_RELAXED);                     \
 		return sum;                                                    \
 	}
 
@@ -544,17 +536,15 @@ PCPU__DEFINE_SLOW(64)
 int pcpu_cpu_next(int cpu)
 {
 	_pcpu_ensure_init();
-	if (cpu < -1 || cpu >= _pcpu_g.nr_ids)
+	if (cpu < -1 || cpu >= _pcpu_g.nr_ids - 1)
 		return -1;
-	for (int w = (cpu + 1) / 64; w <= _pcpu_g.nr_ids / 64; w++) {
+	for (int w = (cpu + 1) / 64; w <= (_pcpu_g.nr_ids - 1) / 64; w++) {
 		uint64_t x = __atomic_load_n(&_pcpu_g.used.bits[w],
 					     __ATOMIC_ACQUIRE);
 		if (w == (cpu + 1) / 64)
 			x &= ~(uint64_t)0 << ((cpu + 1) % 64);
-		if (x) {
-			int next = w * 64 + __builtin_ctzll(x);
-			return next <= _pcpu_g.nr_ids ? next : -1;
-		}
+		if (x)
+			return w * 64 + __builtin_ctzll(x);
 	}
 	return -1;
 }

@@ -60,8 +60,10 @@ void _pcpu_assert_fail(const char *expr, const char *file, int line,
 		    line);
 }
 
-void pcpu__bad_cpu(const char *call, const void *p, int cpu)
+void _pcpu_report_cpu(const char *call, const void *p, int cpu)
 {
-	_pcpu_fatal("%s(%p, %d): cpu out of range [0, %d]", call, p, cpu,
-		    _pcpu_g.nr_ids);
+	static __thread char what[96];
+	snprintf(what, sizeof(what), "%s with cpu %d, out of range [0, %d)",
+		 call, cpu, _pcpu_g.nr_ids);
+	_pcpu_report(what, p);
 }

@@ -35,6 +35,26 @@
 #define PCPU_ASSERT(expr) ((void)sizeof((void)(expr), 0))
 #endif
 
+/* ---- small helpers shared by every file ---- */
+
+#include <time.h>
+static inline long long _pcpu_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* A spin-wait hint. */
+static inline void _pcpu_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__asm__ __volatile__("pause" ::: "memory");
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
 /* ---- cpuset: a fixed-size CPU mask (topology.c, used everywhere) ---- */
 
 /* One word more than PCPU_MAX_CPUS needs: bit PCPU_MAX_CPUS can stand for
@@ -213,12 +233,14 @@ enum pcpu_os_op {
 	PCPU_OS_MADVISE,
 	PCPU_OS_MUNMAP,
 	PCPU_OS_MEMBARRIER,
+	PCPU_OS_PAGEMAP,
 	PCPU_OS_NR_OPS,
 };
 
 /* Reserves @len bytes of zeroed, lazily backed, writable address space
- * (one mapping).  Returns NULL with errno ENOMEM on failure. */
-void *_pcpu_os_reserve(size_t len);
+ * (one mapping) aligned to @align (a power of two).  Returns NULL with
+ * errno ENOMEM on failure. */
+void *_pcpu_os_reserve(size_t len, size_t align);
 /* Unmaps a reservation; 0 or -errno (errno preserved). */
 int _pcpu_os_release(void *p, size_t len);
 /* Drops the backing of [p, p+len) (MADV_DONTNEED: reads zero after);
@@ -229,6 +251,11 @@ int _pcpu_os_discard(void *p, size_t len);
 int _pcpu_os_populate(void *p, size_t len);
 /* Counts resident pages of [p, p+len) (p page aligned); -errno on error. */
 long _pcpu_os_resident_pages(const void *p, size_t len);
+/* Sets bit i of @out (pages / 64 words, rounded up) when page i of
+ * [p, p + pages * page size) holds data (present or swapped out), without
+ * touching the pages; 0, or -errno with every bit set (unknown: counted
+ * as holding data). */
+int _pcpu_os_backed_map(const void *p, size_t pages, uint64_t *out);
 /* rseq fence: every thread running on @cpu (-1: on any CPU) has left any
  * rseq critical section when this returns.  0 or -errno. */
 int _pcpu_os_rseq_fence(int cpu);
@@ -237,7 +264,7 @@ void _pcpu_os_atfork_child(void);
 
 /* Fault injection for tests: the @nth next call (1 = the very next) of
  * @op fails; 0 disarms.  PCPU_FAULT=mmap:N,madvise:N,munmap:N,
- * membarrier:N does the same from the environment at start. */
+ * membarrier:N,pagemap:N does the same from the environment at start. */
 void _pcpu_os_fault_set(enum pcpu_os_op op, long nth);
 /* Calls of @op made so far (to size a sweep over every call site). */
 long _pcpu_os_calls(enum pcpu_os_op op);
@@ -247,13 +274,15 @@ int _pcpu_os_fault_env(const char *spec);
 /* ---- error.c ---- */
 
 void _pcpu_report(const char *what, const void *ptr);
+/* "@call with cpu @cpu, out of range" to the error handler. */
+void _pcpu_report_cpu(const char *call, const void *p, int cpu);
 void _pcpu_fatal(const char *fmt, ...)
 	__attribute__((noreturn, format(printf, 1, 2)));
 void _pcpu_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void _pcpu_assert_fail(const char *expr, const char *file, int line,
 		       const char *func) __attribute__((noreturn));
 
-/* ---- cpu.c: initialisation, index modes, readiness, slow paths ---- */
+/* ---- cpu.c: initialisation, index modes, paths, slow paths ---- */
 
 #define PCPU_RSEQ_CPU_ID_OFFSET 4
 #define PCPU_RSEQ_CS_OFFSET 8
@@ -270,9 +299,8 @@ struct pcpu_global {
 	size_t unit_size;        /* bytes of one CPU's unit == stride */
 	unsigned int rseq_feature_size;
 	struct pcpu_topology topo;
-	/* Indexes whose copies can be non-zero (ready at some time); bits
-	 * only ever get set, with release stores, under the cpu lock.  Bit
-	 * nr_ids is the shared slot. */
+	/* Indexes in use (index.c): their copies can hold data and count
+	 * in sums, frees and statistics. */
 	struct pcpu_cpuset used;
 };
 extern struct pcpu_global _pcpu_g;
@@ -285,24 +313,39 @@ static inline void _pcpu_ensure_init(void)
 					   __ATOMIC_ACQUIRE)))
 		_pcpu_init_slow();
 }
-/* Marks @idx (0..nr_ids) used for good, so its copies may be written; in
- * the rseq path that also lets the fast path commit on it.  Returns the
- * index to write: @idx, or the shared slot when @idx's unit cannot be set
- * up now. */
-int _pcpu_index_make_used(int idx);
-/* Snapshot of the used indexes (acquire loads), shared slot as bit
- * nr_ids. */
+/* Snapshot of the indexes in use (acquire loads). */
 void _pcpu_used_snapshot(struct pcpu_cpuset *out);
+/* The index a slow-path write of the calling thread uses now: *@rseq,
+ * commit with an rseq section (it re-checks pcpu__ok[idx]; retry on an
+ * abort); else an atomic write followed by _pcpu_slow_exit(idx, *@ticket).
+ * Never fails; may wait for a fill (signals blocked meanwhile). */
+int _pcpu_slow_enter(bool *rseq, int *ticket);
+void _pcpu_slow_exit(int idx, int ticket);
+/* The same for slots indexed by concurrency (counters): by mm_cid (the
+ * section then compares the mm_cid field) or by thread id (atomic). */
+int _pcpu_cid_enter(bool *rseq, int *ticket);
+/* Counters' slots are committed with rseq sections by mm_cid. */
+bool _pcpu_cid_rseq_path(void);
 
 /* ---- chunk.c: chunks and the area allocator ---- */
+
+/* True when the copy of @p (an address in a chunk's first unit) on index
+ * @idx may be read without backing a page: its page holds data (known,
+ * or the kernel says so now).  False: the copy reads zero, and reading
+ * it could back a page (backed.c). */
+bool _pcpu_copy_backed(const void *p, int idx);
 
 /*
  * Drops the backing of index @idx's unit in every chunk (MADV_DONTNEED):
  * its copies read zero afterwards.  Context: nothing may write @idx's
- * copies meanwhile (a dead CPU, fenced).  Returns 0 or the first -errno
- * (the other chunks are still discarded).
+ * copies meanwhile (not in use).  Takes reclaim_lock and the allocator
+ * lock.  Returns 0 or the first -errno (the other chunks are still
+ * discarded).
  */
 int _pcpu_chunks_discard_index(int idx);
+/* reclaim.c's lock (chunks are unmapped only under it). */
+void _pcpu_reclaim_lock(void);
+void _pcpu_reclaim_unlock(void);
 void _pcpu_chunk_atfork_prepare(void);
 void _pcpu_chunk_atfork_parent(void);
 void _pcpu_chunk_atfork_child(void);
@@ -332,91 +375,100 @@ void _pcpu_balance_atfork_child(void);
  */
 void _pcpu_counter_fold_index(int idx, unsigned int which);
 
-/* ---- hotplug.c: readiness of indexes, pcpu_alloc_init, callbacks, CPU events ---- */
+/* ---- index.c: the states of indexes (see its top) ---- */
 
-/*
- * Lock order (docs/DESIGN.md, "Hotplug"): hotplug mutex (callbacks run
- * with only it held), unit lock (hotplug.c: unit states, used bits), cpu
- * lock (cpu.c: pcpu__ok[], path, thread ids), allocator lock, init table
- * lock (hotplug.c; taken alone by fills and cache.c's frees).
- *
- * An index is *ready* when CPU-indexed operations may write its copies;
- * every other index sends them to the shared slot (nr_ids).  Ready implies
- * used (_pcpu_g.used: its copies count and were set up).
- */
+/* Bits of _pcpu_index_state(). */
+#define PCPU_INDEX_IN_USE 1 /* its copies count */
+#define PCPU_INDEX_READY 2  /* rseq sections commit on it */
+#define PCPU_INDEX_PINNED 4 /* never released */
+
+/* Pinned indexes, tested by pcpu_ptr (ops.h). */
+extern unsigned char pcpu__ptrok[PCPU__OK_SIZE];
+
+/* Brings @k into use (and pins it with @pin: pointers and writers that are
+ * not indexed by CPU); waits for a fill or discard elsewhere; a fill that
+ * finds no memory is retried.  0, or -EINVAL for an index out of range. */
+int _pcpu_index_use(int k, bool pin);
+/* The same in the hotplug context: -ENOMEM instead of retrying. */
+int _pcpu_index_use_ctx(int k);
+/* A write to index @k (0..nr_ids-1) of the calling thread: brings @k into
+ * use if need be; *@rseq: commit with a section; else an atomic write,
+ * then _pcpu_index_exit(k, *@ticket).  @unregistered: the thread has no
+ * rseq registration (sections are then turned off on @k). */
+int _pcpu_index_enter(int k, bool unregistered, bool *rseq, int *ticket);
+void _pcpu_index_exit(int k, int ticket);
+/* PCPU_INDEX_* bits of @k. */
+int _pcpu_index_state(int k);
+/* Hotplug context: make @k ready if hotplug.c agrees; stop sections on
+ * @k (0, or -EAGAIN when the fence failed); take @k out of use if every
+ * copy there holds its initial value (0, -EBUSY, -ENOMEM); discard a
+ * dirty unit (0 when clean). */
+void _pcpu_index_promote(int k);
+int _pcpu_index_demote(int k);
+int _pcpu_index_release(int k);
+int _pcpu_index_clean_dirty(int k);
+bool _pcpu_index_dirty(int k);
+/* Frees counted while an index waits in use to be released. */
+void _pcpu_index_count_free(void);
+unsigned long _pcpu_index_free_gen(void);
+void _pcpu_index_set_lingering(bool on);
+/* Leaves the rseq path for good (pcpu_sim_set_cpu); true if it did. */
+bool _pcpu_index_leave_rseq(void);
+int _pcpu_index_validate(void);
+void _pcpu_index_atfork_prepare(void);
+void _pcpu_index_atfork_parent(void);
+void _pcpu_index_atfork_child(void);
+
+/* ---- initval.c: initial values (pcpu_alloc_init), fills, release scans ---- */
+
+void _pcpu_initval_init(void);
+/* Fill of @idx coming into use (index.c; signals blocked): 0 or -ENOMEM.
+ * @dirty: discard the unit first. */
+int _pcpu_initval_fill(int idx, bool dirty);
+void _pcpu_initval_filled(int idx);
+/* A failed fill undone; true when the unit is left dirty. */
+bool _pcpu_initval_abort(int idx);
+void _pcpu_initval_forget(int idx);
+/* Every live area's copy on @idx equals its initial value (reclaim_lock
+ * held; takes the allocator lock and the record lock). */
+bool _pcpu_initval_unit_clean(int idx);
+/* The record lock, held by index.c while an index's unit is dropped. */
+void _pcpu_initval_lock(void);
+void _pcpu_initval_unlock(void);
+void _pcpu_initval_released(int idx);
+int _pcpu_initval_validate_idle(void);
+void _pcpu_initval_debug(FILE *f, const void *p, int idx);
+void _pcpu_initval_atfork_prepare(void);
+void _pcpu_initval_atfork_parent(void);
+void _pcpu_initval_atfork_child(void);
+/* Longest time a fill or release scan held the allocator lock or the
+ * record lock in one stretch, in ns of wall time or (@cpu) of its
+ * thread's CPU time, since the last @reset; for pcpu-bench. */
+unsigned long long _pcpu_hotplug_lock_hold_max_ns(bool cpu, bool reset);
+/* Test support: when set, called at the named steps of a fill ("coming":
+ * @idx is being counted as coming), so that a test can run operations in
+ * the window between two of its stores. */
+extern void (*_pcpu_hotplug_pause)(const char *where, int idx);
+
+/* ---- hotplug.c: CPU events and callbacks ---- */
 
 /* Sets up the hotplug state; called once by _pcpu_init_slow (init lock
  * held) after the topology, path and index mode are known. */
 void _pcpu_hotplug_init(void);
-
-/*
- * _pcpu_hotplug_enter - the index a CPU-indexed operation of a thread whose
- * raw index is @raw (its CPU, simulated CPU or mm_cid; may be out of range)
- * writes now: @raw when it is ready (brought up here when that is cheap
- * and allowed), else the shared slot nr_ids (made used).  With @gate (the
- * atomic path) and a result below nr_ids, *@ticket >= 0: the index cannot
- * be released until _pcpu_hotplug_exit(idx, *ticket); do the atomic write
- * in between.  Otherwise *@ticket == -1.  Never blocks on the hotplug
- * mutex.
- */
-int _pcpu_hotplug_enter(int raw, bool gate, int *ticket);
-void _pcpu_hotplug_exit(int idx, int ticket);
-/* The index a slow-path write of the calling thread uses now (cpu.c):
- * *@rseq says whether to commit with an rseq section; otherwise the write
- * is atomic and must be followed by _pcpu_hotplug_exit(idx, *@ticket). */
-int _pcpu_slow_enter(bool *rseq, int *ticket);
-
-/*
- * _pcpu_hotplug_other - make @idx usable for writes that are not indexed
- * by CPU (thread ids of counters, atomic writes of pcpu_ref): its unit is
- * set up and never released afterwards.  Returns @idx, or nr_ids (made
- * used) when @idx is out of range or its unit cannot be set up now.
- */
-int _pcpu_hotplug_other(int idx);
-
-/* Called by pcpu_free with the allocator lock held, before the area is
- * zeroed and released: forget what the hotplug layer keeps about @p (its
- * initial value, pcpu_alloc_init) and zero it on indexes being set up. */
-void _pcpu_hotplug_area_freed(void *p);
-/* The same for an object of a pageset (cache.c's pcpu_free, allocator
- * lock NOT held, before the object is zeroed on used indexes); @bytes is
- * its class size.  Takes the init table's lock only when the object has
- * an init record (a lock-free probe of the table's index). */
-void _pcpu_hotplug_object_freed(void *p, size_t bytes);
-/* After that object was zeroed: counts the free for the release rescan
- * of CPUs waiting for frees (one load in the common case). */
-void _pcpu_hotplug_object_zeroed(void);
-
+/* Asked by index.c (lock-free, under its leaf lock): may @k be READY? */
+bool _pcpu_hotplug_may_ready(int k);
+/* @k came into use without being ready: callbacks to run (no lock held). */
+void _pcpu_hotplug_note_use(int k);
+/* @k was demoted for a thread without rseq: ready again a bit later. */
+void _pcpu_hotplug_note_demoted(int k);
 /*
  * For the balance worker, about once a second: drain CPU uevents, re-read
- * online/allowed CPUs (at most once a second), retry failed or deferred
- * bring-ups, release dead CPUs' memory.  One load when there is nothing to
- * do (simulation, nothing pending); never blocks on the hotplug mutex.
+ * online CPUs and the cpuset (at most once a second), run callbacks and
+ * make wanted indexes ready, release CPUs that left.  One load when there
+ * is nothing to do; never blocks on the hotplug mutex.
  */
 void _pcpu_hotplug_tick(void);
-/* The unit invariants; 0 or -EUCLEAN (reported on stderr).  Takes the
- * unit lock: not with the allocator lock held. */
-int _pcpu_hotplug_validate(void);
-void _pcpu_hotplug_debug(FILE *f, const void *p, int idx);
-/* Test support: when set, called by the hotplug context at the named
- * steps of a bring-up ("coming": the unit of @idx is being counted as
- * coming), so that a test can run operations in the window between two
- * of its stores. */
-extern void (*_pcpu_hotplug_pause)(const char *where, int idx);
-
-/* Fork (cpu.c's handlers): prepare takes the unit lock after the init
- * lock and before the cpu lock; the child forgets the uevent socket and
- * what other threads had in flight (gates, units being set up or
- * released), and frees the hotplug mutex unless the forking thread holds
- * it.  The hotplug mutex is not taken at fork: it is held while callbacks
- * run, and counter.c's fork handler takes its lock first. */
-void _pcpu_hotplug_atfork_prepare(void);
-void _pcpu_hotplug_atfork_parent(void);
 void _pcpu_hotplug_atfork_child(void);
-/* The init table's lock, after the allocator's locks (prepare) and
- * released before them (parent; the child handler frees it too). */
-void _pcpu_hotplug_atfork_prepare_late(void);
-void _pcpu_hotplug_atfork_parent_early(void);
 
 /*
  * Parses one NETLINK_KOBJECT_UEVENT message ("action@devpath\0KEY=VALUE
@@ -429,17 +481,6 @@ void _pcpu_hotplug_atfork_parent_early(void);
 #define PCPU_UEVENT_ADD 3
 #define PCPU_UEVENT_REMOVE 4
 int _pcpu_hotplug_uevent_parse(const char *msg, size_t len, int *cpu);
-
-/* Longest time the hotplug context held the allocator lock or the init
- * table's lock in one stretch (filling a unit, scanning or discarding
- * one), in ns of wall time or (@cpu) of its thread's CPU time, since the
- * last @reset; for pcpu-bench. */
-unsigned long long _pcpu_hotplug_lock_hold_max_ns(bool cpu, bool reset);
-
-/* Defined in cpu.c (the cpu lock guards pcpu__ok[] and the path): sets
- * pcpu__ok[@idx] to 0, or to 1 when @on and the process is on the rseq
- * path; returns whether it is on the rseq path. */
-bool _pcpu_cpu_ok_set(int idx, bool on);
 
 /* ---- cache.c: size classes, pagesets, per-CPU object caches ---- */
 
@@ -464,6 +505,9 @@ bool _pcpu_cache_free(void *p);
  * *@size its size, or 0 and errno EINVAL when it is not a live object. */
 bool _pcpu_cache_alloc_size(const void *p, size_t *size);
 
+/* Zeroes the pended frees and gives their objects back (before a scan
+ * that must not mistake a freed object for a value).  Returns how many. */
+size_t _pcpu_cache_clean_pending(void);
 /* Checks the pagesets and caches (docs/DESIGN.md, "Object caches");
  * 0 or -EUCLEAN after printing the first violation.  The accounting
  * (every object in exactly one place) assumes no small allocation or free

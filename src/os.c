@@ -2,8 +2,7 @@
  * os.c - the narrow layer between libpcpu and the kernel.
  *
  * Every mmap, munmap, madvise, mincore, pagemap read and membarrier call of
- * the library
- * goes through here, so that tests can make any one of them fail
+ * the library goes through here, so that tests can make any one of them fail
  * (PCPU_FAULT=mmap:N,... or _pcpu_os_fault_set) and walk a failure over
  * every call site of a workload.  Each function preserves errno for its
  * caller and reports failure as -errno (or NULL + ENOMEM for reserve).
@@ -18,6 +17,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -63,7 +63,7 @@ long _pcpu_os_calls(enum pcpu_os_op op)
 int _pcpu_os_fault_env(const char *spec)
 {
 	static const char *const names[PCPU_OS_NR_OPS] = {
-		"mmap", "madvise", "munmap", "membarrier"
+		"mmap", "madvise", "munmap", "membarrier", "pagemap"
 	};
 	const char *s = spec;
 
@@ -90,23 +90,30 @@ int _pcpu_os_fault_env(const char *spec)
 	return 0;
 }
 
-void *_pcpu_os_reserve(size_t len)
+void *_pcpu_os_reserve(size_t len, size_t align)
 {
 	if (os_inject(PCPU_OS_MMAP)) {
 		errno = ENOMEM;
 		return NULL;
 	}
-	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+	int saved = errno;
+	char *p = mmap(NULL, len + align, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p == MAP_FAILED) {
 		errno = ENOMEM;
 		return NULL;
 	}
+	/* keep the aligned part: the chunk table finds a chunk by its
+	 * first unit's address divided by the unit size */
+	char *a = (char *)(((uintptr_t)p + align - 1) & ~(uintptr_t)(align - 1));
+	if (a > p)
+		munmap(p, (size_t)(a - p));
+	if (p + align > a)
+		munmap(a + len, (size_t)(p + align - a));
 	/* A transparent huge page would back neighbouring CPUs' units too. */
-	int saved = errno;
-	madvise(p, len, MADV_NOHUGEPAGE);
+	madvise(a, len, MADV_NOHUGEPAGE);
 	errno = saved;
-	return p;
+	return a;
 }
 
 int _pcpu_os_release(void *p, size_t len)
@@ -246,6 +253,75 @@ long _pcpu_os_resident_pages(const void *p, size_t len)
 	}
 	errno = saved;
 	return n;
+}
+
+/*
+ * Which pages of [p, p + pages * page size) hold data: present, or
+ * swapped out (PM_SWAP), as /proc/self/pagemap says; a page nobody wrote
+ * or that was discarded holds none and reads zero.  mincore() cannot
+ * tell a swapped-out page from a missing one, so it serves only where
+ * pagemap cannot be read, and then, when the system has swap, every page
+ * counts as holding data (a read of it may back it; nothing is lost).
+ * Returns 0, or -errno with every page counted as holding data.  Reading the
+ * pages themselves is what this avoids: without a shared zero page
+ * (pvm_no_zero_page, some configurations) a read backs a page.
+ */
+#define PM_SWAP ((uint64_t)1 << 62)
+
+int _pcpu_os_backed_map(const void *p, size_t pages, uint64_t *out)
+{
+	size_t page = _pcpu_g.page_size;
+	int saved = errno, ret = 0;
+
+	for (size_t i = 0; i < (pages + 63) / 64; i++)
+		out[i] = 0;
+	pthread_mutex_lock(&pagemap_lock);
+	if (pagemap_fd == -2)
+		pagemap_open();
+	int fd = pagemap_fd;
+	pthread_mutex_unlock(&pagemap_lock);
+	if (os_inject(PCPU_OS_PAGEMAP)) {
+		ret = -EIO;
+		goto out;
+	}
+	uint64_t ent[256];
+	off_t off = (off_t)((uintptr_t)p / page * 8);
+	for (size_t done = 0; fd >= 0 && done < pages;) {
+		size_t k = pages - done < 256 ? pages - done : 256;
+		ssize_t r = pread(fd, ent, k * 8, off + (off_t)(done * 8));
+		if (r != (ssize_t)(k * 8)) {
+			fd = -1;
+			break;
+		}
+		for (size_t i = 0; i < k; i++)
+			if (ent[i] & (PM_PRESENT | PM_SWAP))
+				out[(done + i) / 64] |= (uint64_t)1 << ((done + i) % 64);
+		done += k;
+	}
+	if (fd < 0) {
+		/* without swap, a page mincore does not see holds nothing */
+		struct sysinfo si;
+		bool swap = sysinfo(&si) || si.totalswap;
+		unsigned char vec[256];
+		for (size_t done = 0; done < pages;) {
+			size_t k = pages - done < 256 ? pages - done : 256;
+			if (mincore((char *)p + done * page, k * page, vec)) {
+				ret = -errno;
+				break;
+			}
+			for (size_t i = 0; i < k; i++)
+				if ((vec[i] & 1) || swap)
+					out[(done + i) / 64] |=
+						(uint64_t)1 << ((done + i) % 64);
+			done += k;
+		}
+	}
+out:
+	if (ret)
+		for (size_t i = 0; i < pages; i++)
+			out[i / 64] |= (uint64_t)1 << (i % 64);
+	errno = saved;
+	return ret;
 }
 
 /* 0 = not tried, 1 = registered, -1 = refused (no rseq membarrier). */

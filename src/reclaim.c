@@ -138,16 +138,24 @@ static size_t depopulate(bool all)
 		_pcpu_used_snapshot(&used);
 		pthread_mutex_unlock(&_pcpu_alloc_lock);
 
-		/* Isolated: no area can appear in these pages meanwhile. */
-		for (int idx = _pcpu_cpuset_next(&used, 0);
-		     idx >= 0 && idx <= _pcpu_g.nr_ids;
-		     idx = _pcpu_cpuset_next(&used, idx + 1)) {
+		/* Isolated: no area can appear in these pages meanwhile.
+		 * Indexes not in use hold nothing (index.c releases an index
+		 * only with its memory). */
+		_pcpu_cpuset_for_each(idx, &used) {
+			if (idx >= _pcpu_g.nr_ids)
+				break;
 			char *u = c->base + (size_t)idx * unit;
-			for (size_t i = 0; i < nr; i++)
-				if (runs[i].ok &&
-				    _pcpu_os_discard(u + runs[i].start * page,
+			for (size_t i = 0; i < nr; i++) {
+				if (!runs[i].ok)
+					continue;
+				if (_pcpu_os_discard(u + runs[i].start * page,
 						     runs[i].len * page))
 					runs[i].ok = false;
+				else
+					_pcpu_backed_forget(
+						c, idx, runs[i].start,
+						runs[i].start + runs[i].len - 1);
+			}
 		}
 
 		pthread_mutex_lock(&_pcpu_alloc_lock);
@@ -298,7 +306,7 @@ static void grow(void)
  */
 int _pcpu_chunks_discard_index(int idx)
 {
-	char *bases[64];
+	struct pcpu_chunk *batch[64];
 	char *after = NULL;
 	int ret = 0;
 	const size_t unit = _pcpu_g.unit_size;
@@ -309,20 +317,34 @@ int _pcpu_chunks_discard_index(int idx)
 		pthread_mutex_lock(&_pcpu_alloc_lock);
 		for (size_t i = _pcpu_chunk_after(after);
 		     i < _pcpu_nr_chunks && n < 64; i++)
-			bases[n++] = _pcpu_chunks[i]->base;
+			batch[n++] = _pcpu_chunks[i];
 		pthread_mutex_unlock(&_pcpu_alloc_lock);
 		for (size_t i = 0; i < n; i++) {
-			int r = _pcpu_os_discard(bases[i] + (size_t)idx * unit,
+			struct pcpu_chunk *c = batch[i];
+			int r = _pcpu_os_discard(c->base + (size_t)idx * unit,
 						 unit);
 			if (r && !ret)
 				ret = r;
+			if (!r)
+				_pcpu_backed_forget(c, idx, 0,
+						    c->map.nr_blocks - 1);
 		}
 		if (n < 64)
 			break;
-		after = bases[n - 1];
+		after = batch[n - 1]->base;
 	}
 	pthread_mutex_unlock(&reclaim_lock);
 	return ret;
+}
+
+void _pcpu_reclaim_lock(void)
+{
+	pthread_mutex_lock(&reclaim_lock);
+}
+
+void _pcpu_reclaim_unlock(void)
+{
+	pthread_mutex_unlock(&reclaim_lock);
 }
 
 size_t _pcpu_reclaim_pass(bool trim, bool want_grow)

@@ -42,14 +42,12 @@
  * reference keeps it >= 1 across the add; dropping that reference after
  * the confirm callback lets whoever reaches zero release, exactly once.
  *
- * Paths.  Sections (a) are tried only when pcpu__ok[idx], which implies the
- * process is on the rseq path.  Atomic adds (b) go to a CPU's count only
- * once the process is on the atomic path (cpu.c fenced every section and
- * no section commits afterwards), otherwise to the shared slot, which no
- * section writes: a count is never written by both kinds at once.  The
- * switch always waits for the grace period and also fences rseq when the
- * process is (still) on the rseq path, so a ref switching while the
- * process changes path stays exact.
+ * Paths.  Which kind writes the calling CPU's count is index.c's choice
+ * (_pcpu_slow_enter): a section (a) while the index is READY, an atomic
+ * add (b) inside the index's gate otherwise, so a count is never written
+ * by both kinds at once.  The switch always waits for the grace period
+ * and also fences rseq when the process is (still) on the rseq path, so
+ * a ref switching while the process changes path stays exact.
  *
  * Back to per-CPU (under ref_lock, no switch pending, so nothing writes
  * the per-CPU counts): add BIAS, zero the counts, then store 1 to the byte
@@ -222,43 +220,28 @@ static void ref_synchronize(void)
 static bool ref_add_percpu_locked(struct pcpu_ref *ref, unsigned long v)
 {
 	unsigned long *pc = __atomic_load_n(&ref->pcpu__count, __ATOMIC_RELAXED);
-	bool readied = false;
-	int idx, aborts = 0;
 
 	for (;;) {
-		if (pcpu_path() != PCPU_PATH_RSEQ) {
-			idx = pcpu_this_cpu(); /* atomics own every copy */
-			break;
-		}
-		idx = pcpu__fast_index();
-		if (idx >= 0 && aborts < 16) {
-			int r = pcpu__arch_add_if64(
-				(uint64_t *)pcpu__copy(pc, idx), v, idx,
-				pcpu__fast.idx_tpoff, &ref->pcpu__percpu);
+		bool rs;
+		int t, idx = _pcpu_slow_enter(&rs, &t);
+		unsigned long *q = pcpu__copy(pc, idx);
+		if (rs) {
+			int r = pcpu__arch_add_if64((uint64_t *)q, v, idx,
+						    pcpu__fast.idx_tpoff,
+						    &ref->pcpu__percpu);
 			if (r == 0)
 				return true;
 			if (r == 2)
 				return false;
-			aborts++; /* preempted, migrated, signal */
-			continue;
+			continue; /* preempted, migrated, signal */
 		}
-		if (!readied && idx < 0) {
-			_pcpu_index_make_used(pcpu_this_cpu());
-			readied = true;
-			continue;
-		}
-		/* no usable section here (or it keeps aborting): the shared
-		 * slot, which only atomics write */
-		idx = _pcpu_g.nr_ids;
-		break;
-	}
-	idx = _pcpu_index_make_used(idx); /* kept from now on */
-	__atomic_fetch_add((unsigned long *)pcpu__copy(pc, idx), v,
-			   __ATOMIC_RELAXED);
+		__atomic_fetch_add(q, v, __ATOMIC_RELAXED);
+		_pcpu_slow_exit(idx, t);
 #ifdef REF_TSAN
-	__tsan_release(&ref_tsan_gp);
+		__tsan_release(&ref_tsan_gp);
 #endif
-	return true;
+		return true;
+	}
 }
 
 /* Adds @v to a per-CPU count if @ref is in per-CPU mode; false if not. */
@@ -548,8 +531,12 @@ static const char *ref_start_percpu_locked(struct pcpu_ref *ref,
 		return "pcpu_ref: leaving atomic mode needs "
 		       "PCPU_REF_ALLOW_REINIT";
 	__atomic_fetch_add(&d->count, REF_BIAS, __ATOMIC_RELAXED);
-	pcpu_for_each_cpu(cpu)
-		__atomic_store_n(pcpu_ptr(pc, cpu), 0, __ATOMIC_RELAXED);
+	pcpu_for_each_cpu(cpu) /* a copy that holds no data reads zero */
+		if (_pcpu_copy_backed(pc, cpu) &&
+		    __atomic_load_n((unsigned long *)pcpu__copy(pc, cpu),
+				    __ATOMIC_RELAXED))
+			__atomic_store_n((unsigned long *)pcpu__copy(pc, cpu), 0,
+					 __ATOMIC_RELAXED);
 	__atomic_store_n(&ref->pcpu__percpu, 1, __ATOMIC_RELEASE);
 	return NULL;
 }

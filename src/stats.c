@@ -2,9 +2,9 @@
  * stats.c - statistics in the manner of the kernel's /proc/meminfo
  * "Percpu" line and debugfs percpu_stats.
  *
- * backed_bytes is measured, not estimated: mincore() over the unit of every
- * used index (and the shared slot) of every chunk, so its cost is
- * proportional to the CPUs that ran the program, never to possible CPUs.
+ * backed_bytes is measured, not estimated: /proc/self/pagemap over the
+ * unit of every index in use of every chunk, so its cost is proportional
+ * to the indexes in use, never to possible CPUs.
  * Fragmentation per chunk: contig_bytes is the largest free run, sum_frag
  * the free bytes outside it, max_frag the largest free run after it.
  */
@@ -66,9 +66,9 @@ static void chunk_stats(const struct pcpu_chunk *c,
 	cs->sum_frag = cs->free_bytes - cs->contig_bytes;
 	cs->max_frag = (uint64_t)second * 4;
 	cs->empty_pop_pages = c->nr_empty_pop_pages;
-	for (int idx = _pcpu_cpuset_next(used, 0);
-	     idx >= 0 && idx <= _pcpu_g.nr_ids;
-	     idx = _pcpu_cpuset_next(used, idx + 1)) {
+	_pcpu_cpuset_for_each(idx, used) {
+		if (idx >= _pcpu_g.nr_ids)
+			break;
 		long n = _pcpu_os_resident_pages(
 			c->base + (size_t)idx * _pcpu_g.unit_size,
 			_pcpu_g.unit_size);
@@ -123,6 +123,8 @@ int pcpu_stats_get(struct pcpu_stats *st)
 	st->balance_passes = _pcpu_counters.balance_passes;
 	st->nonblock_fails = __atomic_load_n(&_pcpu_counters.nonblock_fails,
 					     __ATOMIC_RELAXED);
+	st->backed_queries = __atomic_load_n(&_pcpu_counters.backed_queries,
+					     __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&_pcpu_alloc_lock);
 	st->unit_size = _pcpu_g.unit_size;
 	st->nr_cpu_ids = _pcpu_g.nr_ids;
@@ -156,7 +158,8 @@ size_t pcpu_stats_chunks(struct pcpu_chunk_stats *out, size_t n)
 	X(nonblock_fails) X(cache_hits) X(cache_misses) X(cache_flushes)      \
 	X(cache_objs_cached) X(cache_bytes_cached) X(cache_pagesets)          \
 	X(cache_drains) X(cache_cpus_fenced) X(cache_cpus_skipped)            \
-	X(cache_fence_fails) X(cache_fences) X(cache_objs_drained)
+	X(cache_fence_fails) X(cache_fences) X(cache_objs_drained)            \
+	X(backed_queries) X(zero_pending) X(zero_pended) X(zero_cleans)
 
 #define CHUNK_FIELDS(X)                                                        \
 	X(nr_alloc) X(free_bytes) X(contig_bytes) X(sum_frag) X(max_frag)     \

@@ -625,9 +625,10 @@ static void test_args(void)
 	expect_not_area(p + 1);
 	expect_not_area(p + 63);
 	expect_not_area(big + 8);
-	expect_not_area(pcpu_ptr(p, pcpu_nr_cpu_ids())); /* the shared slot */
-	if (pcpu_nr_cpu_ids() > 1)
+	if (pcpu_nr_cpu_ids() > 1) {
+		expect_not_area(pcpu_ptr(p, pcpu_nr_cpu_ids() - 1));
 		expect_not_area(pcpu_ptr(p, 1));
+	}
 	pcpu_free(p);
 	expect_not_area(p); /* freed */
 	pcpu_free(big);
@@ -813,7 +814,8 @@ static void test_misuse(void)
 		{ b + 124, "invalid free" },       /* last word */
 		{ &on_stack, "invalid free" },     /* stack */
 		{ heap, "invalid free" },          /* malloc */
-		{ pcpu_ptr(a, pcpu_nr_cpu_ids()), "invalid free" }, /* a copy */
+		{ (char *)a + (size_t)(pcpu_nr_cpu_ids() > 1) * umax,
+		  "invalid free" }, /* another index's copy */
 		{ c, "double free" },              /* freed, before a live one */
 	};
 	pcpu_set_error_handler(record_error, NULL);
@@ -1295,19 +1297,14 @@ static long sim_value(int cpu, size_t i)
 	return (long)cpu * 1000003L + (long)i;
 }
 
-static bool sim_online(int cpu)
-{
-	return cpu < 16; /* PCPU_SIM_ONLINE=0-15 */
-}
-
 static void *sim_writer(void *arg)
 {
 	struct sim_job *j = arg;
 	CHECK_EQ(pcpu_sim_set_cpu(j->cpu), 0);
 	/*
-	 * The first operation brings the CPU up; one thread at a time, so
-	 * that no bring-up finds another one in progress (it would go to
-	 * the shared slot instead).  An offline CPU uses the shared slot.
+	 * The first operation brings the CPU's index into use; one thread
+	 * at a time, so that the used indexes come in a known order.  An
+	 * offline CPU's operations use its own copies too.
 	 */
 	pthread_mutex_lock(&warm_lock);
 	while (warm_turn != j->order)
@@ -1317,10 +1314,7 @@ static void *sim_writer(void *arg)
 	warm_turn++;
 	pthread_cond_broadcast(&warm_cond);
 	pthread_mutex_unlock(&warm_lock);
-	if (sim_online(j->cpu))
-		CHECK_EQ(j->index, j->cpu);
-	else
-		CHECK(j->index == j->cpu || j->index == pcpu_nr_cpu_ids());
+	CHECK_EQ(j->index, j->cpu);
 
 	for (int r = 0; r < j->reps; r++)
 		for (size_t i = 0; i < j->n; i++)
@@ -1427,8 +1421,8 @@ static int child_sim(void)
 
 	/*
 	 * A: 1 MiB worth of areas written on CPUs 3 and 900 only.  900 is
-	 * offline (PCPU_SIM_ONLINE=0-15): its operations may use the shared
-	 * slot instead; x900 is the index they used.
+	 * offline (PCPU_SIM_ONLINE=0-15): its operations use its own copies
+	 * all the same; x900 is the index they used (900).
 	 */
 	size_t areasz = heavy ? (PCPU_DEBUG >= 3 ? 16384 : 512) : 8;
 	size_t n = umax / areasz;
@@ -1440,7 +1434,7 @@ static int child_sim(void)
 	}
 	get_stats(&s);
 	CHECK_EQ(s.backed_bytes, 0); /* nothing written yet */
-	CHECK_EQ(s.reserved_bytes, s.nr_chunks * 1025 * umax);
+	CHECK_EQ(s.reserved_bytes, s.nr_chunks * 1024 * umax);
 	const int cpus_a[2] = { 3, 900 };
 	int idx_a[2];
 	sim_run(cpus_a, 2, areas, n, areasz, 1, false, idx_a);
@@ -1843,7 +1837,7 @@ static int child_stats(void)
 {
 	struct pcpu_stats s;
 	struct pcpu_chunk_stats cs[4];
-	size_t reserved = (size_t)(pcpu_nr_cpu_ids() + 1) * umax;
+	size_t reserved = (size_t)pcpu_nr_cpu_ids() * umax;
 
 	get_stats(&s);
 	CHECK_EQ(s.nr_alloc, 0);

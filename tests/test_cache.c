@@ -456,11 +456,20 @@ static void test_misuse(void)
 	errno = 0;
 	CHECK(pcpu_alloc_size(b + 16) == 0 && errno == EINVAL);
 	CHECK_EQ(pcpu_alloc_size(b), 64);
-	/* another CPU's copy of it (the shared slot's) */
+	/* another CPU's copy of it */
+	if (pcpu_nr_cpu_ids() > 1) {
+		err_reset();
+		pcpu_free(pcpu_ptr(b, pcpu_nr_cpu_ids() - 1));
+		CHECK_EQ(err_count(), 1);
+		CHECK(!strcmp(err_what[0], "invalid free"));
+	}
+	/* an index out of range: reported, NULL */
 	err_reset();
-	pcpu_free(pcpu_ptr(b, pcpu_nr_cpu_ids()));
-	CHECK_EQ(err_count(), 1);
-	CHECK(!strcmp(err_what[0], "invalid free"));
+	errno = 0;
+	CHECK(pcpu_ptr(b, pcpu_nr_cpu_ids()) == NULL && errno == EINVAL);
+	CHECK(pcpu_ptr(b, -1) == NULL);
+	CHECK_EQ(err_count(), 2);
+	CHECK(strstr(err_what[0], "pcpu_ptr") != NULL);
 	pcpu_free(b);
 
 	/* an object a drain took back from a cache */
@@ -479,6 +488,9 @@ static void test_misuse(void)
 	if (_pcpu_cache_mode() != PCPU_CACHE_NONE) {
 		long *u = pcpu_alloc(8, 0);
 		REQUIRE(u);
+		int cpu;
+		pcpu_for_each_cpu(cpu) /* its page holds data everywhere: */
+			*pcpu_ptr(u, cpu) = 1; /* the free caches it */
 		pcpu_free(u);
 		*pcpu_ptr(u, pcpu_cpu_next(-1)) = 42; /* use after free */
 		fprintf(stderr, "misuse: a validator report follows:\n");

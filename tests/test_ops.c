@@ -218,10 +218,11 @@ static void run_storm(long iters, int switch_at)
 /*
  * A thread that gave up its rseq registration (as a thread made with a
  * raw clone never had one) shares the process with registered threads
- * on the rseq path.  Its cpu_id reads -1 and its mm_cid 0: it must take
- * the shared slot with atomics, neither spin on sections that can never
- * match nor commit unprotected stores to a copy (CPU 0's, or concurrency
- * id 0's) that registered threads commit to.  Sums stay exact.
+ * on the rseq path.  Its cpu_id reads -1 and its mm_cid 0: it must write
+ * its own CPU's copy with atomics after the library turned that index's
+ * sections off, neither spin on sections that can never match nor commit
+ * unprotected stores to a copy that registered threads commit to.  Sums
+ * stay exact, and pcpu_this_cpu() is a valid index.
  */
 struct unreg {
 	long *c;
@@ -257,8 +258,8 @@ static void *unreg_worker(void *arg)
 		if (i % 2000 == 0 && nr_real_cpus > 1)
 			move_to(0, real_cpus[rand_r(&seed) % nr_real_cpus]);
 	}
-	if (u->unregistered && pcpu_path() == PCPU_PATH_RSEQ)
-		CHECK(pcpu_this_cpu() == pcpu_nr_cpu_ids());
+	int me = pcpu_this_cpu();
+	CHECK(me >= 0 && me < pcpu_nr_cpu_ids());
 	return NULL;
 }
 

@@ -50,6 +50,9 @@ extern struct pcpu__fast pcpu__fast;
  * always 0. */
 #define PCPU__OK_SIZE 16384
 extern unsigned char pcpu__ok[PCPU__OK_SIZE];
+/* pcpu__ptrok[idx] != 0: idx is in use for good, pcpu_ptr need not tell
+ * the library (same layout). */
+extern unsigned char pcpu__ptrok[PCPU__OK_SIZE];
 
 /* Out-of-line slow paths (src/cpu.c). */
 void pcpu__add_slow32(void *p, uint32_t v);
@@ -60,15 +63,7 @@ uint32_t pcpu__read_slow32(const void *p);
 uint64_t pcpu__read_slow64(const void *p);
 uint32_t pcpu__sum32(const void *p);
 uint64_t pcpu__sum64(const void *p);
-/* Slow path of what is indexed by concurrency id (counters): the index to
- * use now, made ready (mm_cid, else a compact per-thread id; the shared
- * slot pcpu_nr_cpu_ids() when none fits). */
-int pcpu__cid_slow_index(void);
-/* True when a copy at concurrency index @idx must be changed with an rseq
- * commit (indexed by mm_cid); false when atomics are right. */
-_Bool pcpu__cid_rseq(int idx);
-void pcpu__bad_cpu(const char *call, const void *p, int cpu)
-	__attribute__((noreturn));
+void *pcpu__ptr_slow(const void *p, int cpu);
 
 #if defined(__x86_64__) && !defined(PCPU_NO_RSEQ)
 #include "pcpu/arch/x86_64.h"
@@ -216,23 +211,25 @@ PCPU__DEFINE_TYPE(ull, unsigned long long, 64)
 #define pcpu_sum(p) PCPU__GENERIC_CONST(sum, p)((p))
 
 /*
- * pcpu_ptr - typed address of CPU @cpu's copy of @p.  @cpu may be any id
- * below pcpu_nr_cpu_ids(), or pcpu_nr_cpu_ids() itself for the shared
- * slot.  Unless NDEBUG is defined, an out-of-range cpu aborts with a
- * message naming the call.
+ * pcpu_ptr - typed address of index @cpu's copy of @p (the kernel's
+ * per_cpu_ptr), for any @cpu in 0..pcpu_nr_cpu_ids()-1, whether or not
+ * that CPU ever ran anything: in a fresh area it reads zero (or the
+ * pcpu_alloc_init value), and whatever is written through it is seen by
+ * pcpu_sum, pcpu_for_each_cpu and the operations of that CPU, and is
+ * zeroed when the area is freed.  The first pcpu_ptr of an index tells
+ * the library (one predictable branch here, a slow path once per index),
+ * which keeps that index in use for good.  An out-of-range @cpu goes to
+ * the error handler (default: abort), in every build; if the handler
+ * returns, pcpu_ptr returns NULL with errno EINVAL.
  */
-#ifdef NDEBUG
-#define pcpu_ptr(p, cpu) ((__typeof__(p))pcpu__copy((p), (cpu)))
-#else
-static inline void *pcpu__ptr_checked(const void *p, int cpu)
+static inline void *pcpu__ptr(const void *p, int cpu)
 {
-	if (pcpu__unlikely((unsigned int)cpu > pcpu__fast.nr_ids ||
-			   pcpu__fast.nr_ids == 0))
-		pcpu__bad_cpu("pcpu_ptr", p, cpu);
+	if (pcpu__unlikely((unsigned int)cpu >= PCPU__OK_SIZE ||
+			   !__atomic_load_n(&pcpu__ptrok[cpu], __ATOMIC_ACQUIRE)))
+		return pcpu__ptr_slow(p, cpu);
 	return pcpu__copy(p, cpu);
 }
-#define pcpu_ptr(p, cpu) ((__typeof__(p))pcpu__ptr_checked((p), (cpu)))
-#endif
+#define pcpu_ptr(p, cpu) ((__typeof__(p))pcpu__ptr((p), (cpu)))
 
 #ifdef __cplusplus
 }

@@ -257,6 +257,12 @@ struct pcpu_stats {
 	uint64_t cache_fence_fails;  /* caches left full: the fence failed */
 	uint64_t cache_fences;       /* rseq fences (membarrier) of drains */
 	uint64_t cache_objs_drained; /* objects drains gave back */
+	/* zeroing freed copies without reading pages that hold no data
+	   (docs/DESIGN.md, "The per-CPU contract") */
+	uint64_t backed_queries;     /* questions to the kernel (pagemap) */
+	uint64_t zero_pending;       /* freed objects waiting to be zeroed */
+	uint64_t zero_pended;        /* frees that waited so, ever */
+	uint64_t zero_cleans;        /* batches of them zeroed */
 };
 
 struct pcpu_chunk_stats {
