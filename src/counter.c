@@ -503,10 +503,24 @@ int pcpu_counter_init_many(struct pcpu_counter *c, int64_t initial,
 	return init_group(c, initial, n, flags);
 }
 
+/* Every byte zero: a counter that was never initialised (init sets gn >= 1)
+ * but zero-filled, which error paths destroy like the kernel's
+ * percpu_counter_destroy allows. */
+static bool all_zero(const struct pcpu_counter *c)
+{
+	const unsigned char *p = (const unsigned char *)c;
+	for (size_t i = 0; i < sizeof(*c); i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
 static void destroy_group(struct pcpu_counter *c, unsigned int n,
 			  const char *what)
 {
 	if (!c)
+		return;
+	if (c->gn == 0 && all_zero(c))
 		return;
 	if (c->gidx != 0 || c->gn != n) {
 		_pcpu_report(what, c);

@@ -167,7 +167,15 @@ int pcpu_counter_init(struct pcpu_counter *c, int64_t initial,
  */
 int pcpu_counter_init_many(struct pcpu_counter *c, int64_t initial,
 			   unsigned int n, unsigned int flags);
-/* Frees the slots.  No other call may run on @c concurrently. */
+/*
+ * Frees the slots.  No other call may run on @c concurrently.  A counter
+ * that was never initialised but is all zero (= { 0 }, memset) is left
+ * alone, as the kernel's percpu_counter_destroy does, so error paths can
+ * destroy counters they never got to initialise; for destroy_many, c[0]
+ * all zero means an array that was never initialised.  Destroying a
+ * counter again after destroy is a no-op.  Anything else that is not a
+ * whole group (a member, a wrong n) is reported (pcpu_set_error_handler).
+ */
 void pcpu_counter_destroy(struct pcpu_counter *c);
 void pcpu_counter_destroy_many(struct pcpu_counter *c, unsigned int n);
 
