@@ -27,6 +27,13 @@
  *     flight are at most fold_res - fold_rel, and a reader that loads
  *     fold_rel before count and fold_res after it bounds every amount in
  *     flight at the moment it read count;
+ *   - a fold reserves before it takes the residue, and every reservation
+ *     is > 0 (max_batch >= PCPU_COUNTER_BATCH > 1, limited amounts > 0):
+ *     fold_res == fold_rel means nothing is moving between slots and count;
+ *   - while hold is non-zero no fold takes a slot's residue except those
+ *     that reserved before they could see it (the adds of the others go
+ *     straight to count); while hold's high half is non-zero, exact limited
+ *     adds and index folds do not start either (see sum below);
  *   - a slot written by rseq commits (index = the thread's current mm_cid
  *     or CPU, in the rseq path) is never written by an atomic from
  *     another thread, and the other way round (cpu.c's rule); sum() and
@@ -54,6 +61,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,7 +72,8 @@
 #define HI_SHARED 0x80000000u
 
 /* ThreadSanitizer does not model atomic_thread_fence: there the
- * store-load fence of limited_add becomes an RMW on lim_seq. */
+ * store-load fence of limited_add becomes an RMW on lim_seq, and the
+ * load-load fence of a sum an RMW on fold_res. */
 #if defined(__SANITIZE_THREAD__)
 #define PCPU_COUNTER_TSAN 1
 #elif defined(__has_feature)
@@ -75,6 +84,27 @@
 
 /* ------------------------------------------------------------------ */
 /* Small helpers                                                       */
+
+_Static_assert(PCPU_COUNTER_BATCH > 1, "fold reservations are > 0");
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+/* Spin @n: a short pause first, then give the CPU away (the thread waited
+ * for may be preempted, or share the CPU). */
+static inline void backoff(int n)
+{
+	if (n < 64)
+		cpu_relax();
+	else
+		sched_yield();
+}
 
 static inline uint64_t uabs64(int64_t v)
 {
@@ -125,6 +155,48 @@ static inline uint64_t fold_reserve(struct pcpu_counter *c)
 static inline void fold_release(struct pcpu_counter *c, uint64_t r)
 {
 	__atomic_fetch_add(&c->fold_rel, r, __ATOMIC_SEQ_CST);
+}
+
+/* hold: sums that keep adders' folds from moving residue (each adds
+ * HOLD_FOLDS), and those that also keep the other movers out (each adds
+ * HOLD_MOVES on top). */
+#define HOLD_FOLDS ((uint64_t)1)
+#define HOLD_MOVES ((uint64_t)1 << 32)
+
+static inline bool folds_held(struct pcpu_counter *c)
+{
+	return __atomic_load_n(&c->hold, __ATOMIC_SEQ_CST) != 0;
+}
+
+/*
+ * Reserve for an adder's fold (taking a slot's residue into count).  False
+ * with nothing reserved while a sum holds folds: the caller adds its
+ * amount straight to count and leaves the slot as it is.  The second look
+ * at hold, after the reservation, pairs with the sum's raise of hold
+ * before its loads of fold_res (both seq_cst): either the sum sees the
+ * reservation, or the fold sees the hold.  It also keeps the residue's
+ * exchange after the reservation where an RMW alone would not (a
+ * seq_cst load after a seq_cst RMW, then the exchange).
+ */
+static bool fold_begin(struct pcpu_counter *c, uint64_t *res)
+{
+	if (folds_held(c))
+		return false;
+	*res = fold_reserve(c);
+	if (!folds_held(c))
+		return true;
+	fold_release(c, *res);
+	return false;
+}
+
+/* Before an exact limited add's commit or an index fold: wait while a sum
+ * holds them off (one does after passes that folds alone cannot explain).
+ * A sum never waits for a thread that waits here, so this ends. */
+static void wait_moves(struct pcpu_counter *c)
+{
+	for (int n = 0; __atomic_load_n(&c->hold, __ATOMIC_SEQ_CST) >= HOLD_MOVES;
+	     n++)
+		backoff(n);
 }
 
 /* ------------------------------------------------------------------ */
@@ -379,10 +451,15 @@ static void raise_max_batch(struct pcpu_counter *c, int32_t batch)
 }
 
 /* Fold with an rseq commit: take the slot's residue, add it and @v to
- * count.  False when the exchange aborted (nothing done). */
+ * count (only @v while a sum holds folds).  False when the exchange
+ * aborted (nothing done). */
 static bool fold_rseq(struct pcpu_counter *c, int64_t *q, int idx, int64_t v)
 {
-	uint64_t res = fold_reserve(c);
+	uint64_t res;
+	if (!fold_begin(c, &res)) {
+		count_add(c, v);
+		return true;
+	}
 	int64_t r;
 	if (pcpu__arch_xchg0_64(q, &r, idx, c->io) != 0) {
 		fold_release(c, res);
@@ -407,7 +484,11 @@ static void slot_add_atomic(struct pcpu_counter *c, int64_t *q, int64_t v,
 						__ATOMIC_RELAXED))
 			return;
 	}
-	uint64_t res = fold_reserve(c);
+	uint64_t res;
+	if (!fold_begin(c, &res)) {
+		count_add(c, v);
+		return;
+	}
 	int64_t r = __atomic_exchange_n(q, 0, __ATOMIC_SEQ_CST);
 	count_add(c, wrap_add(r, v));
 	fold_release(c, res);
@@ -485,6 +566,7 @@ static int init_group(struct pcpu_counter *c, int64_t initial, unsigned int n,
 		m->adapt = 0;
 		m->fold_res = m->fold_rel = 0;
 		m->lim_seq = 0;
+		m->hold = 0;
 	}
 	if ((flags & PCPU_COUNTER_EAGER) && switch_group(c) != 0)
 		return -ENOMEM;
@@ -581,25 +663,69 @@ static int64_t slots_sum(struct pcpu_counter *c, const int64_t *s)
 }
 
 /*
- * count first, then the slots: a fold racing the sum can then be missed,
- * never counted twice.  A sum during which no fold was in flight (fold_res
- * == fold_rel before, fold_res unchanged after) is consistent; a few tries
- * get one unless folds run back to back.
+ * One read of count and then the slots.  True when no residue moved from a
+ * slot into count during it: fold_res == fold_rel before (nothing in
+ * flight: a reservation precedes the residue's exchange and its release
+ * follows the add to count) and fold_res unchanged after (nothing started;
+ * every reservation is > 0).  Then every fold either ended before count
+ * was read (count has its residue, the slot is zero or newer) or began
+ * after the slots were read (neither seen), so the value is count + slots
+ * at one instant and includes every add that ended before.  Without slots
+ * count is the value.
+ */
+static bool sum_pass(struct pcpu_counter *c, int64_t *out)
+{
+	int64_t *s = slots_of(c);
+	if (!s) {
+		*out = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
+		return true;
+	}
+	uint64_t rel = __atomic_load_n(&c->fold_rel, __ATOMIC_SEQ_CST);
+	uint64_t res = __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST);
+	int64_t v = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
+	*out = wrap_add(v, slots_sum(c, s));
+	if (res != rel)
+		return false;
+	/* the slot loads before the second look at fold_res */
+#ifdef PCPU_COUNTER_TSAN
+	return __atomic_fetch_add(&c->fold_res, 0, __ATOMIC_SEQ_CST) == res;
+#else
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	return __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST) == res;
+#endif
+}
+
+/* Retries of a sum holding folds before it holds the other movers off. */
+#define SUM_HOLD_MOVES_AFTER 8
+
+/*
+ * A pass; when a fold raced it, hold folds and pass again until one is
+ * clean.  Once the hold is visible (seq_cst, against fold_begin), adders'
+ * folds stop taking residue, so only the few that reserved before can
+ * still dirty a pass (at most two per thread: one in flight, one that saw
+ * the hold only after reserving); each ends in a few instructions.  Exact
+ * limited adds and index folds do not look at the low hold (they are not
+ * driven by adds in a loop); if they keep a pass dirty, the sum holds them
+ * off too.  So passes come clean after a bounded number of other threads'
+ * steps, however fast the adders fold.
  */
 int64_t pcpu_counter_sum(struct pcpu_counter *c)
 {
-	for (int tries = 0;; tries++) {
-		uint64_t rel = __atomic_load_n(&c->fold_rel, __ATOMIC_SEQ_CST);
-		uint64_t res = __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST);
-		int64_t v = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
-		int64_t *s = slots_of(c);
-		if (s)
-			v = wrap_add(v, slots_sum(c, s));
-		if (tries == 3 ||
-		    (res == rel &&
-		     __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST) == res))
-			return v;
+	int64_t v;
+	if (sum_pass(c, &v))
+		return v;
+	uint64_t held = HOLD_FOLDS;
+	__atomic_fetch_add(&c->hold, held, __ATOMIC_SEQ_CST);
+	for (int n = 0; !sum_pass(c, &v); n++) {
+		if (n == SUM_HOLD_MOVES_AFTER) {
+			__atomic_fetch_add(&c->hold, HOLD_MOVES,
+					   __ATOMIC_SEQ_CST);
+			held += HOLD_MOVES;
+		}
+		backoff(n);
 	}
+	__atomic_fetch_sub(&c->hold, held, __ATOMIC_SEQ_CST);
+	return v;
 }
 
 int64_t pcpu_counter_sum_positive(struct pcpu_counter *c)
@@ -774,7 +900,9 @@ static bool limited_exact(struct pcpu_counter *c, int64_t limit, int64_t v)
 		_pcpu_hotplug_exit(idx, t);
 	}
 	bool ok;
+	uint64_t held = 0;
 	for (;;) {
+		wait_moves(c);
 		uint64_t rel = __atomic_load_n(&c->fold_rel, __ATOMIC_SEQ_CST);
 		uint64_t res = __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST);
 		int64_t cnt = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
@@ -795,7 +923,15 @@ static bool limited_exact(struct pcpu_counter *c, int64_t limit, int64_t v)
 		}
 		if (!s)
 			adapt_note(c, 1);
+		else if (!held) {
+			/* folds keep moving fold_res: hold them, as a sum
+			 * does, so that the next commit can succeed */
+			held = HOLD_FOLDS;
+			__atomic_fetch_add(&c->hold, held, __ATOMIC_SEQ_CST);
+		}
 	}
+	if (held)
+		__atomic_fetch_sub(&c->hold, held, __ATOMIC_SEQ_CST);
 	__atomic_fetch_sub(&c->lim_seq, 1, __ATOMIC_SEQ_CST);
 	return ok;
 }
@@ -833,6 +969,7 @@ static void fold_member(struct pcpu_counter *g, uint32_t i, int idx,
 	int64_t *q = pcpu__copy(g->slots + i, idx);
 	if (!__atomic_load_n(q, __ATOMIC_RELAXED))
 		return;
+	wait_moves(m);
 	/* announced like an exact limited add: moving a positive residue
 	 * into count frees room in the slot that slot-path limited adds
 	 * must not count on */

@@ -442,18 +442,18 @@ static void *storm_reader(void *arg)
 			if (lo - b - v > st.worst_excess)
 				st.worst_excess = lo - b - v;
 		}
-		/* compare() agrees with the bracket when it is decisive;
-		 * its exact path is a sum, which can miss folds racing it
-		 * (each at most max_batch - 1 = 63, one per thread) */
+		/* compare() agrees with the bracket: decided from the read
+		 * when it is decisive, else by a sum, which includes every
+		 * add counted in done before it */
 		if (st.reads % 64 == 0) {
-			int cmp = pcpu_counter_compare(st.c, lo - b - 64 * 8);
+			lo = atomic_load(&st.done);
+			int cmp = pcpu_counter_compare(st.c, lo);
 			CHECK(cmp >= 0);
 			if (cmp < 0)
 				fprintf(stderr, "  compare(%lld) = %d, read %lld "
-						"bound %lld lo %lld\n",
-					(long long)(lo - b - 64 * 8), cmp,
-					(long long)v, (long long)b,
-					(long long)lo);
+						"bound %lld\n",
+					(long long)lo, cmp, (long long)v,
+					(long long)b);
 		}
 	}
 	return NULL;
@@ -512,6 +512,158 @@ static void run_storm(unsigned int flags, long iters, bool positive,
 		st.reads, (long long)st.max_bound, (long long)b);
 	pcpu_counter_destroy(&c);
 	CHECK_EQ(cur_allocs(), a0);
+}
+
+/* ------------------------------------------------------------------ */
+/* sum() is exact with respect to completed adds                       */
+
+/*
+ * Adders add amounts near the batch, so that about every other add folds
+ * (takes its slot's residue and adds it to count), and after each add
+ * publish it in done (release).  The reader takes done (acquire), then
+ * sum(): every add counted in done completed before the sum started, so
+ * the sum must include it: sum >= done for positive adds (<= for negative
+ * ones).  started, read after the sum, bounds it on the other side (a sum
+ * counts no add twice).  The adders and the reader move between CPUs.
+ */
+#define EX_ADDERS 3
+
+static struct {
+	struct pcpu_counter *c;
+	int64_t sign;
+	long iters;
+	atomic_llong started, done;
+	atomic_int adders_left, stop_mover;
+	_Atomic pid_t tids[EX_ADDERS + 1];
+	long sums, short_sums, long_sums, bad_compares;
+	int64_t worst_short, worst_long;
+} ex;
+
+static void *ex_adder(void *arg)
+{
+	long id = (long)arg;
+	unsigned seed = (unsigned)id * 977u + 3;
+	ex.tids[id] = gettid();
+	for (long i = 0; i < ex.iters; i++) {
+		unsigned r = (unsigned)rand_r(&seed);
+		int64_t v = ex.sign * (PCPU_COUNTER_BATCH / 2 +
+				       (int64_t)(r % (PCPU_COUNTER_BATCH / 2)));
+		atomic_fetch_add(&ex.started, v);
+		pcpu_counter_add(ex.c, v);
+		atomic_fetch_add_explicit(&ex.done, v, memory_order_release);
+		if (i % 256 == 0 && nr_real_cpus > 1)
+			move_to(0, real_cpus[(r >> 8) % nr_real_cpus]);
+	}
+	atomic_fetch_sub(&ex.adders_left, 1);
+	return NULL;
+}
+
+static void ex_note(int64_t s, int64_t lo, int64_t hi)
+{
+	if (s < lo) {
+		ex.short_sums++;
+		if (lo - s > ex.worst_short)
+			ex.worst_short = lo - s;
+	}
+	if (s > hi) {
+		ex.long_sums++;
+		if (s - hi > ex.worst_long)
+			ex.worst_long = s - hi;
+	}
+}
+
+static void *ex_reader(void *arg)
+{
+	(void)arg;
+	ex.tids[EX_ADDERS] = gettid();
+	while (atomic_load(&ex.adders_left) > 0) {
+		int64_t t = atomic_load_explicit(&ex.done, memory_order_acquire);
+		int64_t s = pcpu_counter_sum(ex.c);
+		int64_t h = atomic_load(&ex.started);
+		ex.sums++;
+		if (ex.sign > 0)
+			ex_note(s, t, h);
+		else
+			ex_note(s, h, t);
+		if (ex.sums % 4)
+			continue;
+		/* compare's exact part, sum_positive, exact reads */
+		t = atomic_load_explicit(&ex.done, memory_order_acquire);
+		if (pcpu_counter_compare(ex.c, t) * ex.sign < 0)
+			ex.bad_compares++;
+		if (pcpu_counter_compare(ex.c, t - ex.sign) != ex.sign)
+			ex.bad_compares++;
+		if (ex.sign > 0 && pcpu_counter_sum_positive(ex.c) < t)
+			ex.bad_compares++;
+		if ((ex.c->flags & PCPU_COUNTER_EXACT_READS) &&
+		    (pcpu_counter_read(ex.c) - t) * ex.sign < 0)
+			ex.bad_compares++;
+	}
+	return NULL;
+}
+
+static void *ex_mover(void *arg)
+{
+	(void)arg;
+	unsigned seed = 99;
+	while (!atomic_load(&ex.stop_mover)) {
+		if (nr_real_cpus > 1)
+			for (int i = 0; i <= EX_ADDERS; i++)
+				if (ex.tids[i])
+					move_to(ex.tids[i],
+						real_cpus[rand_r(&seed) %
+							  nr_real_cpus]);
+		usleep(300);
+	}
+	return NULL;
+}
+
+static void run_sum_exact(unsigned int flags, int64_t sign, long iters,
+			  const char *what)
+{
+	struct pcpu_counter c;
+	pthread_t w[EX_ADDERS], rd, mv;
+	memset(&ex, 0, sizeof(ex));
+	REQUIRE(pcpu_counter_init(&c, 0, flags) == 0);
+	ex.c = &c;
+	ex.sign = sign;
+	ex.iters = iters;
+	atomic_store(&ex.adders_left, EX_ADDERS);
+	double t0 = now();
+	for (long i = 0; i < EX_ADDERS; i++)
+		REQUIRE(pthread_create(&w[i], NULL, ex_adder, (void *)i) == 0);
+	REQUIRE(pthread_create(&rd, NULL, ex_reader, NULL) == 0);
+	REQUIRE(pthread_create(&mv, NULL, ex_mover, NULL) == 0);
+	for (int i = 0; i < EX_ADDERS; i++)
+		pthread_join(w[i], NULL);
+	pthread_join(rd, NULL);
+	atomic_store(&ex.stop_mover, 1);
+	pthread_join(mv, NULL);
+	CHECK_EQ(pcpu_counter_sum(&c), atomic_load(&ex.done));
+	CHECK_EQ(ex.short_sums, 0);
+	CHECK_EQ(ex.long_sums, 0);
+	CHECK_EQ(ex.bad_compares, 0);
+	fprintf(stderr,
+		"sum exact %-14s %s: %ld sums in %.2f s, %ld short (worst by "
+		"%lld), %ld long (worst by %lld), %ld bad compares\n",
+		what, sign > 0 ? "+" : "-", ex.sums, now() - t0, ex.short_sums,
+		(long long)ex.worst_short, ex.long_sums,
+		(long long)ex.worst_long, ex.bad_compares);
+	pcpu_counter_destroy(&c);
+}
+
+static void test_sum_exact(void)
+{
+	static const struct mode ex_modes[] = {
+		{ "default", PCPU_COUNTER_EAGER },
+		{ "percpu", PCPU_COUNTER_PERCPU | PCPU_COUNTER_EAGER },
+		{ "exact reads", PCPU_COUNTER_EXACT_READS | PCPU_COUNTER_EAGER },
+	};
+	long iters = 100000 / scale;
+	for (int m = 0; m < 3; m++) {
+		run_sum_exact(ex_modes[m].flags, 1, iters, ex_modes[m].name);
+		run_sum_exact(ex_modes[m].flags, -1, iters, ex_modes[m].name);
+	}
 }
 
 /* ------------------------------------------------------------------ */
@@ -863,6 +1015,7 @@ int main(void)
 	test_destroy_zeroed();
 	test_switch_oom();
 	test_adaptive_switch();
+	test_sum_exact();
 
 	long iters = 300000 / scale;
 	for (int m = 0; m < NR_MODES; m++)

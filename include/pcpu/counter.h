@@ -68,7 +68,9 @@
  * can be non-zero (N above, or U), never to possible CPUs.
  *
  * Concurrency.  Every function may run concurrently with any other on the
- * same counter except init/destroy.  set() is exact only when no update
+ * same counter except init/destroy.  sum() (and what uses it: compare()'s
+ * exact part, EXACT_READS reads, set()) is exact with respect to the adds
+ * that completed before it, like the kernel's.  set() is exact only when no update
  * runs concurrently (like the kernel's).  No update path takes a lock,
  * except the rare slow path that switches a counter to slots (pcpu_alloc)
  * or readies an index (cpu.c): adds are not async-signal-safe.
@@ -113,7 +115,7 @@ extern "C" {
 #define PCPU_COUNTER_SWITCH_WINDOW 256
 
 /*
- * The counter.  Fields are private; 104 bytes.  The first 64 bytes are
+ * The counter.  Fields are private; 112 bytes.  The first 64 bytes are
  * read by every add and written almost never; count and the fold
  * bookkeeping follow, so that folds by one thread do not take the line
  * every other thread's adds read.  For write-heavy counters shared by
@@ -148,6 +150,10 @@ struct pcpu_counter {
 	uint64_t fold_rel;    /* ... released once folded (monotonic) */
 	uint64_t lim_seq;     /* limited_add: exact adders in progress (low
 				 32 bits) and started (high 32 bits) */
+	uint64_t hold;        /* sums that keep folds from moving residue
+				 (low 32 bits) and that also hold off
+				 limited adds' exact commits and index
+				 folds (high 32 bits) */
 };
 
 /*
@@ -248,8 +254,16 @@ static inline int64_t pcpu_counter_read_positive(struct pcpu_counter *c)
 
 /*
  * pcpu_counter_sum - count plus every slot that can be non-zero (default:
- * the N concurrency ids used; PCPU_COUNTER_PERCPU: the used CPUs).  Exact
- * when no update runs concurrently; a fold racing it can be missed.
+ * the N concurrency ids used; PCPU_COUNTER_PERCPU: the used CPUs).  Like
+ * the kernel's percpu_counter_sum, exact with respect to every add that
+ * completed before the call: the result includes all of them, counts no
+ * add twice, and includes any subset of the adds that run concurrently.
+ * A sum reads count and the slots as one consistent view: it retries when
+ * a fold moved residue from a slot into count while it read, and after one
+ * retry it asks folds to leave the slots alone until it is done (they add
+ * their amounts straight to count meanwhile), so folds do not starve it.
+ * Lock-free for adds; it waits only for folds that had already taken a
+ * slot's residue when it started (a few instructions each).
  */
 /* (declared above) */
 
