@@ -116,6 +116,20 @@ static inline int64_t wrap_add(int64_t a, int64_t b)
 	return (int64_t)((uint64_t)a + (uint64_t)b);
 }
 
+/*
+ * The largest the value can be when it is @x + m wrapped to int64_t, for
+ * some |m| <= @e (exact integers): @x + @e, capped at INT64_MAX (past it
+ * the value wraps to the bottom), or INT64_MAX when @x - @e goes below
+ * INT64_MIN (the value may have wrapped to the top).
+ */
+static inline __int128 value_max(int64_t x, __int128 e)
+{
+	if ((__int128)x - e < INT64_MIN)
+		return INT64_MAX;
+	__int128 h = (__int128)x + e;
+	return h > INT64_MAX ? INT64_MAX : h;
+}
+
 /* The same test as pcpu__arch_add_bounded64: x in (-lim, lim). */
 static inline bool in_range(int64_t x, int32_t lim)
 {
@@ -776,15 +790,23 @@ void pcpu_counter_set(struct pcpu_counter *c, int64_t v)
 	count_add(c, (int64_t)((uint64_t)v - (uint64_t)pcpu_counter_sum(c)));
 }
 
+/*
+ * The value lies in [v - b, v + b] taken modulo 2^64: decided from the
+ * read alone when that interval stays inside int64_t (no wrap in it) and
+ * leaves out @rhs; else by the sum, the wrapped value itself.  The
+ * interval is computed in 128 bits.
+ */
 int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs)
 {
 	int64_t b;
 	int64_t v = pcpu_counter_read_bounded(c, &b);
-	__int128 d = (__int128)v - rhs;
-	if (d > b)
-		return 1;
-	if (d < -(__int128)b)
-		return -1;
+	__int128 lo = (__int128)v - b, hi = (__int128)v + b;
+	if (lo >= INT64_MIN && hi <= INT64_MAX) {
+		if (lo > rhs)
+			return 1;
+		if (hi < rhs)
+			return -1;
+	}
 	if (!(c->flags & PCPU_COUNTER_EXACT_READS))
 		v = pcpu_counter_sum(c);
 	return v > rhs ? 1 : v < rhs ? -1 : 0;
@@ -803,8 +825,7 @@ static int limited_far_at(struct pcpu_counter *c, int64_t *s, int64_t limit,
 	int64_t cnt = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
 	uint64_t budget = slot_budget(c, s);
 	uint64_t res = __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST);
-	if ((__int128)cnt + (__int128)budget + (__int128)(res - rel) >
-	    (__int128)limit)
+	if (value_max(cnt, (__int128)budget + (res - rel)) + v > limit)
 		return 0;
 	int64_t *q = pcpu__copy(s, idx);
 	if (rs)
@@ -823,7 +844,9 @@ static int limited_far_at(struct pcpu_counter *c, int64_t *s, int64_t limit,
  * Far from the limit: an add that stays inside the calling thread's slot
  * changes neither count nor the slot budget, so if count + budget +
  * folds in flight <= limit before it, the value stays <= limit after it,
- * however many such adds race (each slot stays below max_batch).  The
+ * however many such adds race (each slot stays below max_batch).  In 128
+ * bits, and with count - budget - folds in flight inside int64_t too:
+ * below it the value may have wrapped to the top (value_max).  The
  * thread's slot must already be counted in the budget it checked, and the
  * add must not fold (a fold moves the slot into count: it would then need
  * the exact check).  What can invalidate the check is an exact adder
@@ -873,8 +896,9 @@ static int limited_far(struct pcpu_counter *c, int64_t *s, int64_t limit,
 }
 
 /*
- * Near the limit: announce in lim_seq, then count + every slot + folds in
- * flight (counted as if positive) + v <= limit, committed by a CAS on
+ * Near the limit: announce in lim_seq, then count + every slot (wrapped:
+ * the value) + folds in flight (counted as if positive, value_max) + v <=
+ * limit in 128 bits, so that the add never wraps, committed by a CAS on
  * fold_res that reserves v as in flight, then count += v and the
  * reservation released.  The commit is not a CAS on count: a fold moving a
  * negative residue into count and another adder raising it back would
@@ -907,10 +931,9 @@ static bool limited_exact(struct pcpu_counter *c, int64_t limit, int64_t v)
 		uint64_t res = __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST);
 		int64_t cnt = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
 		s = slots_of(c);
-		__int128 est = (__int128)cnt + (__int128)(res - rel);
 		if (s)
-			est += slots_sum(c, s);
-		ok = est + v <= (__int128)limit;
+			cnt = wrap_add(cnt, slots_sum(c, s));
+		ok = value_max(cnt, res - rel) + v <= limit;
 		if (!ok)
 			break;
 		if (__atomic_compare_exchange_n(&c->fold_res, &res,

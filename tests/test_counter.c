@@ -295,6 +295,94 @@ static void test_destroy_zeroed(void)
 	CHECK_EQ(cur_allocs(), a0);
 }
 
+/*
+ * Values near +-2^63.  The value is an int64_t that adds wrap modulo 2^64
+ * (sum() is count + slots, wrapped); compare() and limited_add() decide on
+ * that value with exact integer arithmetic: no answer may come from a
+ * comparison that overflowed or from a read on the other side of the wrap,
+ * and a limited add never takes the value past its limit.
+ */
+static void test_wrap(void)
+{
+	struct pcpu_counter c;
+	move_to(0, real_cpus[0]);
+	for (int m = 0; m < NR_MODES; m++) {
+		unsigned int fl = modes[m].flags;
+		bool slots = !(fl & PCPU_COUNTER_ATOMIC);
+
+		/* count alone near the top */
+		REQUIRE(pcpu_counter_init(&c, INT64_MAX - 5, fl) == 0);
+		CHECK_EQ(pcpu_counter_compare(&c, -1), 1);
+		CHECK_EQ(pcpu_counter_compare(&c, -100), 1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MIN), 1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MAX), -1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MAX - 5), 0);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MAX - 6), 1);
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MAX, 10));
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MAX, INT64_MAX));
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MIN + 5, 1));
+		CHECK(pcpu_counter_limited_add(&c, INT64_MAX, 5));
+		CHECK(pcpu_counter_sum(&c) == INT64_MAX);
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MAX, 1));
+		CHECK(pcpu_counter_sum(&c) == INT64_MAX);
+		pcpu_counter_destroy(&c);
+
+		/* count alone near the bottom */
+		REQUIRE(pcpu_counter_init(&c, INT64_MIN + 5, fl) == 0);
+		CHECK_EQ(pcpu_counter_compare(&c, 1), -1);
+		CHECK_EQ(pcpu_counter_compare(&c, 100), -1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MAX), -1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MIN), 1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MIN + 5), 0);
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MIN + 10, 6));
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MIN + 10, INT64_MAX));
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MIN, 1));
+		CHECK(pcpu_counter_limited_add(&c, INT64_MIN + 10, 5));
+		CHECK(pcpu_counter_sum(&c) == INT64_MIN + 10);
+		CHECK(pcpu_counter_limited_add(&c, INT64_MAX, INT64_MAX));
+		CHECK(pcpu_counter_sum(&c) == 9);
+		pcpu_counter_destroy(&c);
+
+		/* residue in a slot carries the value over the top: it is
+		 * INT64_MIN + 4, although count reads INT64_MAX - 5 */
+		REQUIRE(pcpu_counter_init(&c, INT64_MAX - 5, fl) == 0);
+		if (slots)
+			REQUIRE(pcpu_counter_go_percpu(&c) == 0);
+		pcpu_counter_add(&c, 10);
+		CHECK(pcpu_counter_sum(&c) == INT64_MIN + 4);
+		CHECK_EQ(pcpu_counter_compare(&c, -1), -1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MAX - 5), -1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MIN + 4), 0);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MIN), 1);
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MIN + 5, 2));
+		CHECK(pcpu_counter_limited_add(&c, 0, 1));
+		CHECK(pcpu_counter_sum(&c) == INT64_MIN + 5);
+		CHECK(pcpu_counter_limited_add(&c, INT64_MIN + 6, 1));
+		CHECK(pcpu_counter_sum(&c) == INT64_MIN + 6);
+		pcpu_counter_destroy(&c);
+
+		/* ... and under the bottom: the value is INT64_MAX - 4, above
+		 * any limit below it */
+		REQUIRE(pcpu_counter_init(&c, INT64_MIN + 5, fl) == 0);
+		if (slots)
+			REQUIRE(pcpu_counter_go_percpu(&c) == 0);
+		pcpu_counter_add(&c, -10);
+		CHECK(pcpu_counter_sum(&c) == INT64_MAX - 4);
+		CHECK_EQ(pcpu_counter_compare(&c, 0), 1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MIN + 5), 1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MAX - 4), 0);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MAX), -1);
+		CHECK(!pcpu_counter_limited_add(&c, 0, 1));
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MAX - 1, 4));
+		CHECK(pcpu_counter_sum(&c) == INT64_MAX - 4);
+		CHECK(pcpu_counter_limited_add(&c, INT64_MAX, 4));
+		CHECK(pcpu_counter_sum(&c) == INT64_MAX);
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MAX, 1));
+		pcpu_counter_destroy(&c);
+	}
+	unpin_self();
+}
+
 /* An adaptive counter whose switch cannot allocate stays atomic, exact,
  * and switches once memory is back. */
 static void test_switch_oom(void)
@@ -1013,6 +1101,7 @@ int main(void)
 	double t0 = now();
 	test_semantics();
 	test_destroy_zeroed();
+	test_wrap();
 	test_switch_oom();
 	test_adaptive_switch();
 	test_sum_exact();

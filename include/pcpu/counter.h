@@ -79,6 +79,15 @@
  * counters (sum() still sees it); the library folds it into count with
  * _pcpu_counter_fold_index() (counter.c) from its CPU-dead handling.
  *
+ * Range.  The value is an int64_t that adds wrap modulo 2^64, like the
+ * kernel's s64: sum() returns count + slots wrapped, and read() + and -
+ * the error bound brackets it modulo 2^64.  compare() and limited_add()
+ * decide on that wrapped value with exact integer arithmetic (128 bits):
+ * compare() trusts read() only when read() +- bound stays inside int64_t,
+ * and a limited add takes the value at most to its limit, so it never
+ * wraps it (the limit is at most INT64_MAX).  Amounts that are not limited
+ * (add(), limited_add() with v <= 0) wrap.
+ *
  * Errors: int functions return 0 or -errno.
  */
 #ifndef PCPU_COUNTER_H
@@ -206,7 +215,8 @@ static inline bool pcpu__counter_add_fast(struct pcpu_counter *c, int64_t v,
 					(int)idx, io, batch) == 0;
 }
 
-/* Add @v (any int64_t; arithmetic wraps like uint64_t). */
+/* Add @v (any int64_t; arithmetic wraps like uint64_t: see "Range" at
+ * the top). */
 static inline void pcpu_counter_add(struct pcpu_counter *c, int64_t v)
 {
 	if (pcpu__likely(pcpu__counter_add_fast(c, v, c->batch)))
@@ -279,8 +289,10 @@ void pcpu_counter_set(struct pcpu_counter *c, int64_t v);
 
 /*
  * pcpu_counter_compare - -1, 0 or 1 as the value is below, equal to or
- * above @rhs.  Decided from read() alone when |read - rhs| exceeds the
- * error bound (cheap), else from sum() (exact when quiescent).
+ * above @rhs, like the kernel's percpu_counter_compare.  Decided from
+ * read() alone when |read - rhs| exceeds the error bound and read() +-
+ * bound does not wrap (cheap), else from sum() (exact with respect to the
+ * adds that completed before the call).
  */
 int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs);
 
@@ -294,8 +306,12 @@ int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs);
  * and commits with a CAS on the fold bookkeeping, which fails if anything
  * moved between slots and count since the sum.  It can refuse an add that
  * would have fitted while others race it near the limit (never when
- * alone).  @v <= 0 is always added (it cannot push the value above the
- * limit) and returns true; unlike the kernel's, @limit is never a floor.
+ * alone).  @v <= 0 is always added like pcpu_counter_add (it cannot push
+ * the value up to the limit; like add it wraps below INT64_MIN) and
+ * returns true; unlike the kernel's, @limit is never a floor.  For @v > 0
+ * the value checked is the wrapped one (see "Range"): a value that wrapped
+ * to near INT64_MAX is above any lower limit, and value + @v is computed
+ * without overflow, so no add crosses the limit by wrapping.
  * Plain adds racing it are not constrained and can push the value above
  * the limit, as they would without it.
  */
@@ -308,7 +324,7 @@ int64_t pcpu_counter_error_bound(struct pcpu_counter *c);
 /*
  * pcpu_counter_read_bounded - read() and, in *@bound, a bound on its error
  * that holds for that very read even when folds race it: exact lies in
- * [v - *bound, v + *bound] at the moment of the read.
+ * [v - *bound, v + *bound] (modulo 2^64) at the moment of the read.
  */
 int64_t pcpu_counter_read_bounded(struct pcpu_counter *c, int64_t *bound);
 
