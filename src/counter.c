@@ -33,7 +33,7 @@
  *   - while hold is non-zero no fold takes a slot's residue except those
  *     that reserved before they could see it (the adds of the others go
  *     straight to count); while hold's high half is non-zero, exact limited
- *     adds and index folds do not start either (see sum below);
+ *     adds, syncs and index folds do not start either (see sum below);
  *   - a slot written by rseq commits (index = the thread's current mm_cid
  *     or CPU, in the rseq path) is never written by an atomic from
  *     another thread, and the other way round (cpu.c's rule); sum() and
@@ -203,9 +203,10 @@ static bool fold_begin(struct pcpu_counter *c, uint64_t *res)
 	return false;
 }
 
-/* Before an exact limited add's commit or an index fold: wait while a sum
- * holds them off (one does after passes that folds alone cannot explain).
- * A sum never waits for a thread that waits here, so this ends. */
+/* Before an exact limited add's commit, a sync or an index fold: wait
+ * while a sum holds them off (one does after passes that folds alone
+ * cannot explain).  A sum never waits for a thread that waits here, so
+ * this ends. */
 static void wait_moves(struct pcpu_counter *c)
 {
 	for (int n = 0; __atomic_load_n(&c->hold, __ATOMIC_SEQ_CST) >= HOLD_MOVES;
@@ -444,11 +445,20 @@ static uint64_t nr_slots(struct pcpu_counter *c, const int64_t *s)
 	return (h & ~HI_SHARED) + ((h & HI_SHARED) ? 1 : 0);
 }
 
+/* (B - 1) x slots that can hold residue, B the larger of max_batch and
+ * @batch. */
+static inline uint64_t slot_budget_for(struct pcpu_counter *c,
+				       const int64_t *s, int32_t batch)
+{
+	int32_t m = __atomic_load_n(&c->max_batch, __ATOMIC_SEQ_CST);
+	if (batch > m)
+		m = batch;
+	return ((uint64_t)m - 1) * nr_slots(c, s);
+}
+
 static inline uint64_t slot_budget(struct pcpu_counter *c, const int64_t *s)
 {
-	uint64_t b = (uint64_t)__atomic_load_n(&c->max_batch,
-					       __ATOMIC_SEQ_CST) - 1;
-	return b * nr_slots(c, s);
+	return slot_budget_for(c, s, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -539,6 +549,20 @@ void pcpu__counter_add_slow(struct pcpu_counter *c, int64_t v, int32_t batch)
 			return;
 		/* aborted (preempted, migrated, fenced): again */
 	}
+}
+
+/*
+ * max_batch first, so that slots stay in (-max_batch, max_batch) when an
+ * add reads the new batch; max_batch never comes down (residue of the
+ * larger batch can stay in slots).
+ */
+int pcpu_counter_set_batch(struct pcpu_counter *c, int64_t batch)
+{
+	if (batch < 1 || batch > PCPU_COUNTER_MAX_BATCH)
+		return -EINVAL;
+	raise_max_batch(c, (int32_t)batch);
+	__atomic_store_n(&c->batch, (int32_t)batch, __ATOMIC_SEQ_CST);
+	return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -718,10 +742,10 @@ static bool sum_pass(struct pcpu_counter *c, int64_t *out)
  * folds stop taking residue, so only the few that reserved before can
  * still dirty a pass (at most two per thread: one in flight, one that saw
  * the hold only after reserving); each ends in a few instructions.  Exact
- * limited adds and index folds do not look at the low hold (they are not
- * driven by adds in a loop); if they keep a pass dirty, the sum holds them
- * off too.  So passes come clean after a bounded number of other threads'
- * steps, however fast the adders fold.
+ * limited adds, syncs and index folds do not look at the low hold (they
+ * are not driven by adds in a loop); if they keep a pass dirty, the sum
+ * holds them off too.  So passes come clean after a bounded number of
+ * other threads' steps, however fast the adders fold.
  */
 int64_t pcpu_counter_sum(struct pcpu_counter *c)
 {
@@ -756,7 +780,8 @@ int64_t pcpu_counter_sum_positive(struct pcpu_counter *c)
  * move across the read (checked by loading it again) none did, and the
  * window is just the folds in flight.  A few tries get such a read.
  */
-int64_t pcpu_counter_read_bounded(struct pcpu_counter *c, int64_t *bound)
+static int64_t read_bounded_for(struct pcpu_counter *c, int64_t *bound,
+				int32_t batch)
 {
 	for (int tries = 0;; tries++) {
 		uint64_t rel = __atomic_load_n(&c->fold_rel, __ATOMIC_SEQ_CST);
@@ -766,16 +791,22 @@ int64_t pcpu_counter_read_bounded(struct pcpu_counter *c, int64_t *bound)
 			v = pcpu_counter_sum(c);
 		} else {
 			v = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
-			b = slot_budget(c, slots_of(c));
+			b = slot_budget_for(c, slots_of(c), batch);
 		}
 		uint64_t res = __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST);
 		if (tries < 3 &&
 		    __atomic_load_n(&c->fold_rel, __ATOMIC_SEQ_CST) != rel)
 			continue;
-		b += res - rel;
-		*bound = b > INT64_MAX ? INT64_MAX : (int64_t)b;
+		if (__builtin_add_overflow(b, res - rel, &b) || b > INT64_MAX)
+			b = INT64_MAX;
+		*bound = (int64_t)b;
 		return v;
 	}
+}
+
+int64_t pcpu_counter_read_bounded(struct pcpu_counter *c, int64_t *bound)
+{
+	return read_bounded_for(c, bound, 0);
 }
 
 int64_t pcpu_counter_error_bound(struct pcpu_counter *c)
@@ -796,10 +827,10 @@ void pcpu_counter_set(struct pcpu_counter *c, int64_t v)
  * leaves out @rhs; else by the sum, the wrapped value itself.  The
  * interval is computed in 128 bits.
  */
-int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs)
+static int compare_for(struct pcpu_counter *c, int64_t rhs, int32_t batch)
 {
 	int64_t b;
-	int64_t v = pcpu_counter_read_bounded(c, &b);
+	int64_t v = read_bounded_for(c, &b, batch);
 	__int128 lo = (__int128)v - b, hi = (__int128)v + b;
 	if (lo >= INT64_MIN && hi <= INT64_MAX) {
 		if (lo > rhs)
@@ -812,6 +843,19 @@ int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs)
 	return v > rhs ? 1 : v < rhs ? -1 : 0;
 }
 
+int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs)
+{
+	return compare_for(c, rhs, 0);
+}
+
+/* The bound takes the larger of @batch and max_batch as B, so a @batch
+ * below what the adds used cannot make the answer wrong. */
+int pcpu_counter_compare_batch(struct pcpu_counter *c, int64_t rhs,
+			       int32_t batch)
+{
+	return compare_for(c, rhs, batch);
+}
+
 /* ------------------------------------------------------------------ */
 /* Limited add                                                         */
 
@@ -819,7 +863,7 @@ int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs)
 
 /* The add of limited_far at @idx: 1 committed, 0 not attempted. */
 static int limited_far_at(struct pcpu_counter *c, int64_t *s, int64_t limit,
-			  int64_t v, int idx, bool rs)
+			  int64_t v, int idx, bool rs, int32_t batch)
 {
 	uint64_t rel = __atomic_load_n(&c->fold_rel, __ATOMIC_SEQ_CST);
 	int64_t cnt = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
@@ -829,10 +873,10 @@ static int limited_far_at(struct pcpu_counter *c, int64_t *s, int64_t limit,
 		return 0;
 	int64_t *q = pcpu__copy(s, idx);
 	if (rs)
-		return pcpu__arch_add_bounded64(q, v, idx, c->io, c->batch) == 0;
+		return pcpu__arch_add_bounded64(q, v, idx, c->io, batch) == 0;
 	int64_t cur = __atomic_load_n(q, __ATOMIC_RELAXED);
 	do {
-		if (!in_range(wrap_add(cur, v), c->batch))
+		if (!in_range(wrap_add(cur, v), batch))
 			return 0;
 	} while (!__atomic_compare_exchange_n(q, &cur, wrap_add(cur, v), true,
 					      __ATOMIC_RELAXED,
@@ -857,7 +901,7 @@ static int limited_far_at(struct pcpu_counter *c, int64_t *s, int64_t limit,
  * Returns 1 (added) or 0 (not attempted or taken back).
  */
 static int limited_far(struct pcpu_counter *c, int64_t *s, int64_t limit,
-		       int64_t v)
+		       int64_t v, int32_t batch)
 {
 	uint64_t seq = __atomic_load_n(&c->lim_seq, __ATOMIC_SEQ_CST);
 	if ((uint32_t)seq != 0)
@@ -877,7 +921,7 @@ static int limited_far(struct pcpu_counter *c, int64_t *s, int64_t limit,
 			return 0; /* not in the budget yet: the exact path
 				     adds it */
 	}
-	int added = limited_far_at(c, s, limit, v, idx, rs);
+	int added = limited_far_at(c, s, limit, v, idx, rs, batch);
 	_pcpu_hotplug_exit(idx, t);
 	if (!added)
 		return 0;
@@ -967,9 +1011,79 @@ bool pcpu_counter_limited_add(struct pcpu_counter *c, int64_t limit,
 		return true;
 	}
 	int64_t *s = slots_of(c);
-	if (s && v < c->batch && limited_far(c, s, limit, v))
+	int32_t batch = __atomic_load_n(&c->batch, __ATOMIC_RELAXED);
+	if (s && v < batch && limited_far(c, s, limit, v, batch))
 		return true;
 	return limited_exact(c, limit, v);
+}
+
+/* ------------------------------------------------------------------ */
+/* Sync                                                                */
+
+/*
+ * The calling thread's index for sync, in *@rs whether it commits with
+ * rseq; -1 when this counter's slot there cannot hold residue (default
+ * mode: an id above hi; not counted, as nothing is written).  A PERCPU
+ * index ends with _pcpu_hotplug_exit(idx, *@ticket).
+ */
+static int sync_index(struct pcpu_counter *c, bool *rs, int *ticket)
+{
+	if (c->flags & PCPU_COUNTER_PERCPU)
+		return _pcpu_slow_enter(rs, ticket);
+	*ticket = -1;
+	int idx = pcpu__cid_slow_index();
+	*rs = pcpu__cid_rseq(idx);
+	uint32_t h = __atomic_load_n(&c->hi, __ATOMIC_SEQ_CST);
+	if (idx >= _pcpu_g.nr_ids ? !(h & HI_SHARED)
+				  : (uint32_t)idx >= (h & ~HI_SHARED))
+		return -1;
+	return idx;
+}
+
+/*
+ * Fold the slot @q (index @idx) into count: 0 done (or nothing to fold),
+ * 1 when the rseq exchange aborted (nothing done).  A move like an index
+ * fold: waits while a sum holds moves off, announced in lim_seq.
+ */
+static int sync_at(struct pcpu_counter *c, int64_t *q, int idx, bool rs)
+{
+	if (!__atomic_load_n(q, __ATOMIC_RELAXED))
+		return 0;
+	wait_moves(c);
+	__atomic_fetch_add(&c->lim_seq, LIM_STARTED + 1, __ATOMIC_SEQ_CST);
+	uint64_t res = fold_reserve(c);
+	int64_t r;
+	int ret = 0;
+	if (rs) {
+		/* a seq_cst load keeps the exchange after the reservation
+		 * (see fold_begin) */
+		(void)folds_held(c);
+		ret = pcpu__arch_xchg0_64(q, &r, idx, c->io);
+	} else {
+		r = __atomic_exchange_n(q, 0, __ATOMIC_SEQ_CST);
+	}
+	if (ret == 0)
+		count_add(c, r);
+	fold_release(c, res);
+	__atomic_fetch_sub(&c->lim_seq, 1, __ATOMIC_SEQ_CST);
+	return ret;
+}
+
+void pcpu_counter_sync(struct pcpu_counter *c)
+{
+	int64_t *s = slots_of(c);
+	if (!s)
+		return;
+	for (;;) {
+		bool rs;
+		int t, idx = sync_index(c, &rs, &t);
+		if (idx < 0)
+			return;
+		int ret = sync_at(c, pcpu__copy(s, idx), idx, rs);
+		_pcpu_hotplug_exit(idx, t);
+		if (ret == 0)
+			return;
+	}
 }
 
 /* ------------------------------------------------------------------ */

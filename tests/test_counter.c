@@ -383,6 +383,130 @@ static void test_wrap(void)
 	unpin_self();
 }
 
+/*
+ * The rest of the kernel's percpu_counter API: inc/dec, set_batch (the
+ * batch of add), sync (fold the calling thread's slot), add_local (a
+ * batch so large that adds nearly never fold, with an error bound that
+ * says so) and compare_batch.
+ */
+static void test_kernel_api(void)
+{
+	struct pcpu_counter c;
+	move_to(0, real_cpus[0]);
+	for (int m = 0; m < NR_MODES; m++) {
+		unsigned int fl = modes[m].flags;
+		bool slots = !(fl & PCPU_COUNTER_ATOMIC);
+		/* read() is count, and lags the slots */
+		bool lags = slots && !(fl & PCPU_COUNTER_EXACT_READS);
+		REQUIRE(pcpu_counter_init(&c, 0, fl) == 0);
+		if (slots)
+			REQUIRE(pcpu_counter_go_percpu(&c) == 0);
+
+		for (int i = 0; i < 10; i++)
+			pcpu_counter_inc(&c);
+		for (int i = 0; i < 3; i++)
+			pcpu_counter_dec(&c);
+		CHECK_EQ(pcpu_counter_sum(&c), 7);
+		CHECK_EQ(pcpu_counter_read(&c), lags ? 0 : 7);
+
+		/* sync moves the thread's residue into count */
+		pcpu_counter_sync(&c);
+		CHECK_EQ(pcpu_counter_read(&c), 7);
+		CHECK_EQ(pcpu_counter_sum(&c), 7);
+		pcpu_counter_sync(&c);
+		CHECK_EQ(pcpu_counter_read(&c), 7);
+
+		/* set_batch */
+		CHECK_EQ(pcpu_counter_set_batch(&c, 0), -EINVAL);
+		CHECK_EQ(pcpu_counter_set_batch(&c, -5), -EINVAL);
+		CHECK_EQ(pcpu_counter_set_batch(&c, (int64_t)INT32_MAX + 1),
+			 -EINVAL);
+		CHECK_EQ(pcpu_counter_set_batch(&c, INT64_MIN), -EINVAL);
+		CHECK_EQ(pcpu_counter_set_batch(&c, 1000), 0);
+		pcpu_counter_add(&c, 500); /* stays in the slot */
+		CHECK_EQ(pcpu_counter_read(&c), lags ? 7 : 507);
+		CHECK_EQ(pcpu_counter_sum(&c), 507);
+		int64_t b, r = pcpu_counter_read_bounded(&c, &b);
+		CHECK(r >= 507 - b && r <= 507 + b);
+		if (lags)
+			CHECK(b >= 999);
+		CHECK_EQ(pcpu_counter_set_batch(&c, 4), 0);
+		pcpu_counter_add(&c, 4); /* |v| >= batch: straight to count */
+		CHECK_EQ(pcpu_counter_read(&c), lags ? 11 : 511);
+		pcpu_counter_add(&c, 3); /* 503 is out of (-4, 4): a fold */
+		CHECK_EQ(pcpu_counter_read(&c), 514);
+		CHECK_EQ(pcpu_counter_sum(&c), 514);
+		/* residue of the larger batch may remain elsewhere: B stays */
+		if (lags)
+			CHECK(pcpu_counter_error_bound(&c) >= 999);
+		pcpu_counter_add(&c, 2);
+		CHECK_EQ(pcpu_counter_read(&c), lags ? 514 : 516);
+		pcpu_counter_add(&c, 2); /* 4 is out of (-4, 4) */
+		CHECK_EQ(pcpu_counter_read(&c), 518);
+		CHECK_EQ(pcpu_counter_set_batch(&c, PCPU_COUNTER_BATCH), 0);
+
+		/* compare_batch: the right answer whatever the batch */
+		pcpu_counter_add(&c, 20); /* residue 20 */
+		CHECK_EQ(pcpu_counter_sum(&c), 538);
+		int32_t batches[] = { -1, 1, 32, 1000, INT32_MAX };
+		for (int i = 0; i < 5; i++) {
+			int32_t bt = batches[i];
+			CHECK_EQ(pcpu_counter_compare_batch(&c, 538, bt), 0);
+			CHECK_EQ(pcpu_counter_compare_batch(&c, 537, bt), 1);
+			CHECK_EQ(pcpu_counter_compare_batch(&c, 539, bt), -1);
+			CHECK_EQ(pcpu_counter_compare_batch(&c, 520, bt), 1);
+			CHECK_EQ(pcpu_counter_compare_batch(&c, -1000000, bt), 1);
+			CHECK_EQ(pcpu_counter_compare_batch(&c, INT64_MAX, bt),
+				 -1);
+			CHECK_EQ(pcpu_counter_compare_batch(&c, INT64_MIN, bt),
+				 1);
+		}
+
+		/* add_local: nearly never folds; the bound covers it */
+		pcpu_counter_sync(&c);
+		CHECK_EQ(pcpu_counter_read(&c), 538);
+		pcpu_counter_add_local(&c, 100000);
+		pcpu_counter_add_local(&c, 100000);
+		CHECK_EQ(pcpu_counter_sum(&c), 200538);
+		r = pcpu_counter_read_bounded(&c, &b);
+		CHECK_EQ(r, lags ? 538 : 200538);
+		CHECK(r >= 200538 - b && r <= 200538 + b);
+		if (lags)
+			CHECK(b >= PCPU_COUNTER_LOCAL_BATCH - 1);
+		CHECK_EQ(pcpu_counter_compare(&c, 200538), 0);
+		CHECK_EQ(pcpu_counter_compare(&c, 539), 1);
+		pcpu_counter_add_local(&c, -PCPU_COUNTER_LOCAL_BATCH); /* count */
+		CHECK_EQ(pcpu_counter_sum(&c), 200538 - PCPU_COUNTER_LOCAL_BATCH);
+		pcpu_counter_add_local(&c, PCPU_COUNTER_LOCAL_BATCH);
+		pcpu_counter_sync(&c);
+		CHECK_EQ(pcpu_counter_read(&c), 200538);
+		/* a plain add folds what add_local left */
+		pcpu_counter_add_local(&c, 5000);
+		pcpu_counter_add(&c, 1);
+		CHECK_EQ(pcpu_counter_read(&c), 205539);
+		CHECK_EQ(pcpu_counter_sum(&c), 205539);
+		pcpu_counter_destroy(&c);
+	}
+
+	/* an adaptive counter still one word: sync is nothing, and the
+	 * value exact */
+	REQUIRE(pcpu_counter_init(&c, 3, 0) == 0);
+	pcpu_counter_add_local(&c, 10);
+	pcpu_counter_sync(&c);
+	CHECK(!pcpu_counter_is_percpu(&c));
+	CHECK_EQ(pcpu_counter_read(&c), 13);
+	pcpu_counter_destroy(&c);
+
+	/* a thread that never wrote a default counter has nothing to sync,
+	 * and syncing does not count its id among those with residue */
+	REQUIRE(pcpu_counter_init(&c, 0, PCPU_COUNTER_EAGER) == 0);
+	int64_t b0 = pcpu_counter_error_bound(&c);
+	pcpu_counter_sync(&c);
+	CHECK_EQ(pcpu_counter_error_bound(&c), b0);
+	pcpu_counter_destroy(&c);
+	unpin_self();
+}
+
 /* An adaptive counter whose switch cannot allocate stays atomic, exact,
  * and switches once memory is back. */
 static void test_switch_oom(void)
@@ -620,8 +744,9 @@ static struct {
 	struct pcpu_counter *c;
 	int64_t sign;
 	long iters;
+	bool api;             /* syncs, add_local, set_batch race the adds */
 	atomic_llong started, done;
-	atomic_int adders_left, stop_mover;
+	atomic_int adders_left, stop_mover, reader_ready;
 	_Atomic pid_t tids[EX_ADDERS + 1];
 	long sums, short_sums, long_sums, bad_compares;
 	int64_t worst_short, worst_long;
@@ -632,13 +757,23 @@ static void *ex_adder(void *arg)
 	long id = (long)arg;
 	unsigned seed = (unsigned)id * 977u + 3;
 	ex.tids[id] = gettid();
+	while (!atomic_load(&ex.reader_ready))
+		sched_yield();
 	for (long i = 0; i < ex.iters; i++) {
 		unsigned r = (unsigned)rand_r(&seed);
+		/* valgrind runs one thread at a time: let the reader in */
+		if (scale > 1 && i % 64 == 0)
+			sched_yield();
 		int64_t v = ex.sign * (PCPU_COUNTER_BATCH / 2 +
 				       (int64_t)(r % (PCPU_COUNTER_BATCH / 2)));
 		atomic_fetch_add(&ex.started, v);
-		pcpu_counter_add(ex.c, v);
+		if (ex.api && id == 0 && r % 8 == 0)
+			pcpu_counter_add_local(ex.c, v);
+		else
+			pcpu_counter_add(ex.c, v);
 		atomic_fetch_add_explicit(&ex.done, v, memory_order_release);
+		if (ex.api && r % 16 == 1)
+			pcpu_counter_sync(ex.c);
 		if (i % 256 == 0 && nr_real_cpus > 1)
 			move_to(0, real_cpus[(r >> 8) % nr_real_cpus]);
 	}
@@ -664,15 +799,29 @@ static void *ex_reader(void *arg)
 {
 	(void)arg;
 	ex.tids[EX_ADDERS] = gettid();
+	atomic_store(&ex.reader_ready, 1);
 	while (atomic_load(&ex.adders_left) > 0) {
 		int64_t t = atomic_load_explicit(&ex.done, memory_order_acquire);
 		int64_t s = pcpu_counter_sum(ex.c);
 		int64_t h = atomic_load(&ex.started);
 		ex.sums++;
+		if (scale > 1 && ex.sums % 16 == 0)
+			sched_yield(); /* valgrind: the adders' turn */
 		if (ex.sign > 0)
 			ex_note(s, t, h);
 		else
 			ex_note(s, h, t);
+		if (ex.api) {
+			/* read_bounded brackets the value too */
+			int64_t b;
+			t = atomic_load_explicit(&ex.done, memory_order_acquire);
+			s = pcpu_counter_read_bounded(ex.c, &b);
+			h = atomic_load(&ex.started);
+			if (ex.sign > 0)
+				ex_note(s, t - b, h + b);
+			else
+				ex_note(s, h - b, t + b);
+		}
 		if (ex.sums % 4)
 			continue;
 		/* compare's exact part, sum_positive, exact reads */
@@ -694,7 +843,10 @@ static void *ex_mover(void *arg)
 {
 	(void)arg;
 	unsigned seed = 99;
-	while (!atomic_load(&ex.stop_mover)) {
+	for (int n = 0; !atomic_load(&ex.stop_mover); n++) {
+		if (ex.api)
+			CHECK_EQ(pcpu_counter_set_batch(ex.c, n % 2 ? 8 : 48),
+				 0);
 		if (nr_real_cpus > 1)
 			for (int i = 0; i <= EX_ADDERS; i++)
 				if (ex.tids[i])
@@ -707,7 +859,7 @@ static void *ex_mover(void *arg)
 }
 
 static void run_sum_exact(unsigned int flags, int64_t sign, long iters,
-			  const char *what)
+			  bool api, const char *what)
 {
 	struct pcpu_counter c;
 	pthread_t w[EX_ADDERS], rd, mv;
@@ -716,6 +868,7 @@ static void run_sum_exact(unsigned int flags, int64_t sign, long iters,
 	ex.c = &c;
 	ex.sign = sign;
 	ex.iters = iters;
+	ex.api = api;
 	atomic_store(&ex.adders_left, EX_ADDERS);
 	double t0 = now();
 	for (long i = 0; i < EX_ADDERS; i++)
@@ -747,11 +900,17 @@ static void test_sum_exact(void)
 		{ "percpu", PCPU_COUNTER_PERCPU | PCPU_COUNTER_EAGER },
 		{ "exact reads", PCPU_COUNTER_EXACT_READS | PCPU_COUNTER_EAGER },
 	};
-	long iters = 100000 / scale;
+	long iters = 100000 / scale / (PCPU_TEST_TSAN ? 2 : 1);
 	for (int m = 0; m < 3; m++) {
-		run_sum_exact(ex_modes[m].flags, 1, iters, ex_modes[m].name);
-		run_sum_exact(ex_modes[m].flags, -1, iters, ex_modes[m].name);
+		run_sum_exact(ex_modes[m].flags, 1, iters, false,
+			      ex_modes[m].name);
+		run_sum_exact(ex_modes[m].flags, -1, iters, false,
+			      ex_modes[m].name);
 	}
+	/* with syncs, add_local and batch changes racing */
+	run_sum_exact(PCPU_COUNTER_EAGER, 1, iters, true, "default+api");
+	run_sum_exact(PCPU_COUNTER_PERCPU | PCPU_COUNTER_EAGER, -1, iters,
+		      true, "percpu+api");
 }
 
 /* ------------------------------------------------------------------ */
@@ -1102,6 +1261,7 @@ int main(void)
 	test_semantics();
 	test_destroy_zeroed();
 	test_wrap();
+	test_kernel_api();
 	test_switch_oom();
 	test_adaptive_switch();
 	test_sum_exact();

@@ -21,9 +21,10 @@
  * write-heavy counters in many-threaded programs, error batch x used CPUs.
  *
  * Error bounds (B = the largest batch any add used, 32 unless
- * pcpu_counter_add_batch passed more; F = the amounts of folds in flight,
- * each at most B - 1 and only while an add is between taking a slot's
- * residue and adding it to count):
+ * pcpu_counter_add_batch, pcpu_counter_add_local or pcpu_counter_set_batch
+ * used more; F = the amounts of folds in flight, each at most B - 1 and
+ * only while an add is between taking a slot's residue and adding it to
+ * count):
  *
  *   default               |read - exact| <= (B - 1) x N + F, where N is the
  *                         number of concurrency ids the counter has used:
@@ -70,10 +71,11 @@
  * Concurrency.  Every function may run concurrently with any other on the
  * same counter except init/destroy.  sum() (and what uses it: compare()'s
  * exact part, EXACT_READS reads, set()) is exact with respect to the adds
- * that completed before it, like the kernel's.  set() is exact only when no update
- * runs concurrently (like the kernel's).  No update path takes a lock,
- * except the rare slow path that switches a counter to slots (pcpu_alloc)
- * or readies an index (cpu.c): adds are not async-signal-safe.
+ * that completed before it, like the kernel's.  set() is exact only when
+ * no update runs concurrently (like the kernel's).  No update path takes a
+ * lock, except the rare slow path that switches a counter to slots
+ * (pcpu_alloc) or readies an index (cpu.c): adds are not
+ * async-signal-safe.
  *
  * Hotplug.  A CPU that goes away keeps its residue in PCPU_COUNTER_PERCPU
  * counters (sum() still sees it); the library folds it into count with
@@ -116,8 +118,15 @@ extern "C" {
 #define PCPU_COUNTER_ATOMIC 0x8u
 #define PCPU_COUNTER_FLAGS_ALL 0xfu
 
-/* Batch of pcpu_counter_add(): slots stay in (-32, 32). */
+/* Batch of pcpu_counter_add() unless pcpu_counter_set_batch() changed it:
+ * slots stay in (-32, 32). */
 #define PCPU_COUNTER_BATCH 32
+/* Largest batch of pcpu_counter_set_batch() (slots are int64_t; the batch
+ * is kept in 32 bits). */
+#define PCPU_COUNTER_MAX_BATCH INT32_MAX
+/* Batch of pcpu_counter_add_local(), the kernel's
+ * PERCPU_COUNTER_LOCAL_BATCH. */
+#define PCPU_COUNTER_LOCAL_BATCH (INT32_MAX / 2)
 /* Contention events (failed CAS, change of updating thread) within one
  * window of updates after which an adaptive counter switches to slots. */
 #define PCPU_COUNTER_SWITCH_EVENTS 4
@@ -161,8 +170,8 @@ struct pcpu_counter {
 				 32 bits) and started (high 32 bits) */
 	uint64_t hold;        /* sums that keep folds from moving residue
 				 (low 32 bits) and that also hold off
-				 limited adds' exact commits and index
-				 folds (high 32 bits) */
+				 limited adds' exact commits, syncs and
+				 index folds (high 32 bits) */
 };
 
 /*
@@ -216,17 +225,32 @@ static inline bool pcpu__counter_add_fast(struct pcpu_counter *c, int64_t v,
 }
 
 /* Add @v (any int64_t; arithmetic wraps like uint64_t: see "Range" at
- * the top). */
+ * the top), with the counter's batch (pcpu_counter_set_batch). */
 static inline void pcpu_counter_add(struct pcpu_counter *c, int64_t v)
 {
-	if (pcpu__likely(pcpu__counter_add_fast(c, v, c->batch)))
+	/* read twice (set_batch may change it): one value kept across the
+	 * fast path costs a register there */
+	if (pcpu__likely(pcpu__counter_add_fast(
+		    c, v, __atomic_load_n(&c->batch, __ATOMIC_RELAXED))))
 		return;
-	pcpu__counter_add_slow(c, v, c->batch);
+	pcpu__counter_add_slow(c, v, __atomic_load_n(&c->batch,
+						     __ATOMIC_RELAXED));
 }
 
 static inline void pcpu_counter_sub(struct pcpu_counter *c, int64_t v)
 {
 	pcpu_counter_add(c, (int64_t)(0 - (uint64_t)v));
+}
+
+/* The kernel's percpu_counter_inc and percpu_counter_dec. */
+static inline void pcpu_counter_inc(struct pcpu_counter *c)
+{
+	pcpu_counter_add(c, 1);
+}
+
+static inline void pcpu_counter_dec(struct pcpu_counter *c)
+{
+	pcpu_counter_add(c, -1);
 }
 
 /*
@@ -245,6 +269,47 @@ static inline void pcpu_counter_add_batch(struct pcpu_counter *c, int64_t v,
 		return;
 	pcpu__counter_add_slow(c, v, batch);
 }
+
+/*
+ * pcpu_counter_add_local - the kernel's percpu_counter_add_local: add to
+ * the calling thread's slot, folding only when the slot would leave
+ * (-PCPU_COUNTER_LOCAL_BATCH, PCPU_COUNTER_LOCAL_BATCH): for counters
+ * written often and read with sum() (or made current with sync()).  read()
+ * then lags by up to PCPU_COUNTER_LOCAL_BATCH - 1 per slot, and the error
+ * bound says so: like any add_batch with a batch larger than the ones
+ * before, the first add_local raises B to PCPU_COUNTER_LOCAL_BATCH for the
+ * counter's life, so pcpu_counter_error_bound() becomes (B - 1) x slots
+ * and stays a true bound (limited_add then takes its exact path more
+ * often).  Plain adds keep the counter's batch and fold the residue
+ * add_local left when they overflow it.
+ */
+static inline void pcpu_counter_add_local(struct pcpu_counter *c, int64_t v)
+{
+	pcpu_counter_add_batch(c, v, PCPU_COUNTER_LOCAL_BATCH);
+}
+
+/*
+ * pcpu_counter_set_batch - the batch of pcpu_counter_add() (and sub, inc,
+ * dec, limited_add's slot path) on @c from now on: slots stay in (-@batch,
+ * @batch), |v| >= @batch goes straight to count; the kernel sets one batch
+ * for all counters (percpu_counter_batch), here each counter has its own.
+ * May run concurrently with updates.  A batch larger than any before
+ * raises B (the error bound) for the counter's life; a smaller one does
+ * not lower it, as residue of the larger batch can stay in slots until
+ * they fold (sync() folds the calling thread's).  Returns 0, or -EINVAL
+ * when @batch < 1 or > PCPU_COUNTER_MAX_BATCH.
+ */
+int pcpu_counter_set_batch(struct pcpu_counter *c, int64_t batch);
+
+/*
+ * pcpu_counter_sync - the kernel's percpu_counter_sync: fold the residue
+ * of the calling thread's slot (its concurrency id; its CPU for
+ * PCPU_COUNTER_PERCPU) into count, so that read() includes the adds that
+ * went there; the value does not change.  Nothing to do for a counter
+ * without slots.  Waits while a sum holds such moves off (briefly: see
+ * pcpu_counter_sum).  Other threads' residue stays where it is.
+ */
+void pcpu_counter_sync(struct pcpu_counter *c);
 
 /* The folded value: O(1), off by at most pcpu_counter_error_bound() (sum
  * for PCPU_COUNTER_EXACT_READS). */
@@ -317,6 +382,18 @@ int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs);
  */
 bool pcpu_counter_limited_add(struct pcpu_counter *c, int64_t limit,
 			      int64_t v);
+
+/*
+ * pcpu_counter_compare_batch - the kernel's __percpu_counter_compare(fbc,
+ * rhs, batch): compare() with the error bound computed for adds with a
+ * batch of @batch.  The kernel's caller passes the batch its adds used,
+ * since its bound is batch x online CPUs; here the counter knows the
+ * largest batch its adds used, and the bound takes the larger of the two,
+ * so a @batch that is too small cannot make the answer wrong, and a larger
+ * one only sends more calls to the exact sum.
+ */
+int pcpu_counter_compare_batch(struct pcpu_counter *c, int64_t rhs,
+			       int32_t batch);
 
 /* The bound on |read() - exact| that holds now (see the top). */
 int64_t pcpu_counter_error_bound(struct pcpu_counter *c);
