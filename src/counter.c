@@ -16,10 +16,11 @@
  *     bounded add (rseq section, or a CAS in the atomic path) that refuses
  *     to leave (-batch, batch), and max_batch is raised before an add with
  *     a larger batch writes;
- *   - default mode: only ids below hi (and the shared slot when bit 31 of
- *     hi is set) are ever written; hi is raised before the write.  ids are
- *     compact (mm_cid, or the per-thread ids of cpu.c), so hi <= the most
- *     threads that ever updated the counter at once.  PERCPU mode: only
+ *   - default mode: only ids below hi are ever written; hi is raised
+ *     before the write.  ids are compact (mm_cid, or the per-thread ids of
+ *     cpu.c), so hi <= the most threads that ever updated the counter at
+ *     once (and <= the CPU ids: beyond them thread ids are shared, by
+ *     atomic writers only).  PERCPU mode: only
  *     used indexes (pcpu_for_each_cpu) are written;
  *   - a fold reserves max_batch - 1 in fold_res before taking the residue
  *     and releases it in fold_rel after adding it to count (an exact
@@ -27,6 +28,13 @@
  *     flight are at most fold_res - fold_rel, and a reader that loads
  *     fold_rel before count and fold_res after it bounds every amount in
  *     flight at the moment it read count;
+ *   - a fold reserves before it takes the residue, and every reservation
+ *     is > 0 (max_batch >= PCPU_COUNTER_BATCH > 1, limited amounts > 0):
+ *     fold_res == fold_rel means nothing is moving between slots and count;
+ *   - while hold is non-zero no fold takes a slot's residue except those
+ *     that reserved before they could see it (the adds of the others go
+ *     straight to count); while hold's high half is non-zero, exact limited
+ *     adds, syncs and index folds do not start either (see sum below);
  *   - a slot written by rseq commits (index = the thread's current mm_cid
  *     or CPU, in the rseq path) is never written by an atomic from
  *     another thread, and the other way round (cpu.c's rule); sum() and
@@ -54,6 +62,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,10 +70,10 @@
 #include "internal.h"
 #include "pcpu/counter.h"
 
-#define HI_SHARED 0x80000000u
 
 /* ThreadSanitizer does not model atomic_thread_fence: there the
- * store-load fence of limited_add becomes an RMW on lim_seq. */
+ * store-load fence of limited_add becomes an RMW on lim_seq, and the
+ * load-load fence of a sum an RMW on fold_res. */
 #if defined(__SANITIZE_THREAD__)
 #define PCPU_COUNTER_TSAN 1
 #elif defined(__has_feature)
@@ -76,6 +85,27 @@
 /* ------------------------------------------------------------------ */
 /* Small helpers                                                       */
 
+_Static_assert(PCPU_COUNTER_BATCH > 1, "fold reservations are > 0");
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+/* Spin @n: a short pause first, then give the CPU away (the thread waited
+ * for may be preempted, or share the CPU). */
+static inline void backoff(int n)
+{
+	if (n < 64)
+		cpu_relax();
+	else
+		sched_yield();
+}
+
 static inline uint64_t uabs64(int64_t v)
 {
 	return v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
@@ -84,6 +114,20 @@ static inline uint64_t uabs64(int64_t v)
 static inline int64_t wrap_add(int64_t a, int64_t b)
 {
 	return (int64_t)((uint64_t)a + (uint64_t)b);
+}
+
+/*
+ * The largest the value can be when it is @x + m wrapped to int64_t, for
+ * some |m| <= @e (exact integers): @x + @e, capped at INT64_MAX (past it
+ * the value wraps to the bottom), or INT64_MAX when @x - @e goes below
+ * INT64_MIN (the value may have wrapped to the top).
+ */
+static inline __int128 value_max(int64_t x, __int128 e)
+{
+	if ((__int128)x - e < INT64_MIN)
+		return INT64_MAX;
+	__int128 h = (__int128)x + e;
+	return h > INT64_MAX ? INT64_MAX : h;
 }
 
 /* The same test as pcpu__arch_add_bounded64: x in (-lim, lim). */
@@ -125,6 +169,49 @@ static inline uint64_t fold_reserve(struct pcpu_counter *c)
 static inline void fold_release(struct pcpu_counter *c, uint64_t r)
 {
 	__atomic_fetch_add(&c->fold_rel, r, __ATOMIC_SEQ_CST);
+}
+
+/* hold: sums that keep adders' folds from moving residue (each adds
+ * HOLD_FOLDS), and those that also keep the other movers out (each adds
+ * HOLD_MOVES on top). */
+#define HOLD_FOLDS ((uint64_t)1)
+#define HOLD_MOVES ((uint64_t)1 << 32)
+
+static inline bool folds_held(struct pcpu_counter *c)
+{
+	return __atomic_load_n(&c->hold, __ATOMIC_SEQ_CST) != 0;
+}
+
+/*
+ * Reserve for an adder's fold (taking a slot's residue into count).  False
+ * with nothing reserved while a sum holds folds: the caller adds its
+ * amount straight to count and leaves the slot as it is.  The second look
+ * at hold, after the reservation, pairs with the sum's raise of hold
+ * before its loads of fold_res (both seq_cst): either the sum sees the
+ * reservation, or the fold sees the hold.  It also keeps the residue's
+ * exchange after the reservation where an RMW alone would not (a
+ * seq_cst load after a seq_cst RMW, then the exchange).
+ */
+static bool fold_begin(struct pcpu_counter *c, uint64_t *res)
+{
+	if (folds_held(c))
+		return false;
+	*res = fold_reserve(c);
+	if (!folds_held(c))
+		return true;
+	fold_release(c, *res);
+	return false;
+}
+
+/* Before an exact limited add's commit, a sync or an index fold: wait
+ * while a sum holds them off (one does after passes that folds alone
+ * cannot explain).  A sum never waits for a thread that waits here, so
+ * this ends. */
+static void wait_moves(struct pcpu_counter *c)
+{
+	for (int n = 0; __atomic_load_n(&c->hold, __ATOMIC_SEQ_CST) >= HOLD_MOVES;
+	     n++)
+		backoff(n);
 }
 
 /* ------------------------------------------------------------------ */
@@ -310,9 +397,8 @@ static void note_cid(struct pcpu_counter *c, int idx, bool rs)
 {
 	uint32_t want = (uint32_t)idx + 1;
 	uint32_t h = __atomic_load_n(&c->hi, __ATOMIC_RELAXED);
-	while ((h & ~HI_SHARED) < want &&
-	       !__atomic_compare_exchange_n(&c->hi, &h,
-					    (h & HI_SHARED) | want, false,
+	while (h < want &&
+	       !__atomic_compare_exchange_n(&c->hi, &h, want, false,
 					    __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
 		;
 	if (!rs)
@@ -347,14 +433,23 @@ static uint64_t nr_slots(struct pcpu_counter *c, const int64_t *s)
 	if (c->flags & PCPU_COUNTER_PERCPU)
 		return (uint64_t)used_count();
 	uint32_t h = __atomic_load_n(&c->hi, __ATOMIC_SEQ_CST);
-	return (h & ~HI_SHARED) + ((h & HI_SHARED) ? 1 : 0);
+	return h;
+}
+
+/* (B - 1) x slots that can hold residue, B the larger of max_batch and
+ * @batch. */
+static inline uint64_t slot_budget_for(struct pcpu_counter *c,
+				       const int64_t *s, int32_t batch)
+{
+	int32_t m = __atomic_load_n(&c->max_batch, __ATOMIC_SEQ_CST);
+	if (batch > m)
+		m = batch;
+	return ((uint64_t)m - 1) * nr_slots(c, s);
 }
 
 static inline uint64_t slot_budget(struct pcpu_counter *c, const int64_t *s)
 {
-	uint64_t b = (uint64_t)__atomic_load_n(&c->max_batch,
-					       __ATOMIC_SEQ_CST) - 1;
-	return b * nr_slots(c, s);
+	return slot_budget_for(c, s, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -371,10 +466,15 @@ static void raise_max_batch(struct pcpu_counter *c, int32_t batch)
 }
 
 /* Fold with an rseq commit: take the slot's residue, add it and @v to
- * count.  False when the exchange aborted (nothing done). */
+ * count (only @v while a sum holds folds).  False when the exchange
+ * aborted (nothing done). */
 static bool fold_rseq(struct pcpu_counter *c, int64_t *q, int idx, int64_t v)
 {
-	uint64_t res = fold_reserve(c);
+	uint64_t res;
+	if (!fold_begin(c, &res)) {
+		count_add(c, v);
+		return true;
+	}
 	int64_t r;
 	if (pcpu__arch_xchg0_64(q, &r, idx, c->io) != 0) {
 		fold_release(c, res);
@@ -399,7 +499,11 @@ static void slot_add_atomic(struct pcpu_counter *c, int64_t *q, int64_t v,
 						__ATOMIC_RELAXED))
 			return;
 	}
-	uint64_t res = fold_reserve(c);
+	uint64_t res;
+	if (!fold_begin(c, &res)) {
+		count_add(c, v);
+		return;
+	}
 	int64_t r = __atomic_exchange_n(q, 0, __ATOMIC_SEQ_CST);
 	count_add(c, wrap_add(r, v));
 	fold_release(c, res);
@@ -436,6 +540,20 @@ void pcpu__counter_add_slow(struct pcpu_counter *c, int64_t v, int32_t batch)
 			return;
 		/* aborted (preempted, migrated, fenced): again */
 	}
+}
+
+/*
+ * max_batch first, so that slots stay in (-max_batch, max_batch) when an
+ * add reads the new batch; max_batch never comes down (residue of the
+ * larger batch can stay in slots).
+ */
+int pcpu_counter_set_batch(struct pcpu_counter *c, int64_t batch)
+{
+	if (batch < 1 || batch > PCPU_COUNTER_MAX_BATCH)
+		return -EINVAL;
+	raise_max_batch(c, (int32_t)batch);
+	__atomic_store_n(&c->batch, (int32_t)batch, __ATOMIC_SEQ_CST);
+	return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -477,6 +595,7 @@ static int init_group(struct pcpu_counter *c, int64_t initial, unsigned int n,
 		m->adapt = 0;
 		m->fold_res = m->fold_rel = 0;
 		m->lim_seq = 0;
+		m->hold = 0;
 	}
 	if ((flags & PCPU_COUNTER_EAGER) && switch_group(c) != 0)
 		return -ENOMEM;
@@ -495,10 +614,24 @@ int pcpu_counter_init_many(struct pcpu_counter *c, int64_t initial,
 	return init_group(c, initial, n, flags);
 }
 
+/* Every byte zero: a counter that was never initialised (init sets gn >= 1)
+ * but zero-filled, which error paths destroy like the kernel's
+ * percpu_counter_destroy allows. */
+static bool all_zero(const struct pcpu_counter *c)
+{
+	const unsigned char *p = (const unsigned char *)c;
+	for (size_t i = 0; i < sizeof(*c); i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
 static void destroy_group(struct pcpu_counter *c, unsigned int n,
 			  const char *what)
 {
 	if (!c)
+		return;
+	if (c->gn == 0 && all_zero(c))
 		return;
 	if (c->gidx != 0 || c->gn != n) {
 		_pcpu_report(what, c);
@@ -547,7 +680,7 @@ static int64_t slots_sum(struct pcpu_counter *c, const int64_t *s)
 		return (int64_t)sum;
 	}
 	uint32_t h = __atomic_load_n(&c->hi, __ATOMIC_ACQUIRE);
-	uint32_t n = h & ~HI_SHARED;
+	uint32_t n = h;
 	for (uint32_t i = 0; i < n; i++)
 		if (index_used((int)i) && _pcpu_copy_backed(s, (int)i))
 			sum += (uint64_t)__atomic_load_n(
@@ -557,25 +690,69 @@ static int64_t slots_sum(struct pcpu_counter *c, const int64_t *s)
 }
 
 /*
- * count first, then the slots: a fold racing the sum can then be missed,
- * never counted twice.  A sum during which no fold was in flight (fold_res
- * == fold_rel before, fold_res unchanged after) is consistent; a few tries
- * get one unless folds run back to back.
+ * One read of count and then the slots.  True when no residue moved from a
+ * slot into count during it: fold_res == fold_rel before (nothing in
+ * flight: a reservation precedes the residue's exchange and its release
+ * follows the add to count) and fold_res unchanged after (nothing started;
+ * every reservation is > 0).  Then every fold either ended before count
+ * was read (count has its residue, the slot is zero or newer) or began
+ * after the slots were read (neither seen), so the value is count + slots
+ * at one instant and includes every add that ended before.  Without slots
+ * count is the value.
+ */
+static bool sum_pass(struct pcpu_counter *c, int64_t *out)
+{
+	int64_t *s = slots_of(c);
+	if (!s) {
+		*out = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
+		return true;
+	}
+	uint64_t rel = __atomic_load_n(&c->fold_rel, __ATOMIC_SEQ_CST);
+	uint64_t res = __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST);
+	int64_t v = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
+	*out = wrap_add(v, slots_sum(c, s));
+	if (res != rel)
+		return false;
+	/* the slot loads before the second look at fold_res */
+#ifdef PCPU_COUNTER_TSAN
+	return __atomic_fetch_add(&c->fold_res, 0, __ATOMIC_SEQ_CST) == res;
+#else
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	return __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST) == res;
+#endif
+}
+
+/* Retries of a sum holding folds before it holds the other movers off. */
+#define SUM_HOLD_MOVES_AFTER 8
+
+/*
+ * A pass; when a fold raced it, hold folds and pass again until one is
+ * clean.  Once the hold is visible (seq_cst, against fold_begin), adders'
+ * folds stop taking residue, so only the few that reserved before can
+ * still dirty a pass (at most two per thread: one in flight, one that saw
+ * the hold only after reserving); each ends in a few instructions.  Exact
+ * limited adds, syncs and index folds do not look at the low hold (they
+ * are not driven by adds in a loop); if they keep a pass dirty, the sum
+ * holds them off too.  So passes come clean after a bounded number of
+ * other threads' steps, however fast the adders fold.
  */
 int64_t pcpu_counter_sum(struct pcpu_counter *c)
 {
-	for (int tries = 0;; tries++) {
-		uint64_t rel = __atomic_load_n(&c->fold_rel, __ATOMIC_SEQ_CST);
-		uint64_t res = __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST);
-		int64_t v = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
-		int64_t *s = slots_of(c);
-		if (s)
-			v = wrap_add(v, slots_sum(c, s));
-		if (tries == 3 ||
-		    (res == rel &&
-		     __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST) == res))
-			return v;
+	int64_t v;
+	if (sum_pass(c, &v))
+		return v;
+	uint64_t held = HOLD_FOLDS;
+	__atomic_fetch_add(&c->hold, held, __ATOMIC_SEQ_CST);
+	for (int n = 0; !sum_pass(c, &v); n++) {
+		if (n == SUM_HOLD_MOVES_AFTER) {
+			__atomic_fetch_add(&c->hold, HOLD_MOVES,
+					   __ATOMIC_SEQ_CST);
+			held += HOLD_MOVES;
+		}
+		backoff(n);
 	}
+	__atomic_fetch_sub(&c->hold, held, __ATOMIC_SEQ_CST);
+	return v;
 }
 
 int64_t pcpu_counter_sum_positive(struct pcpu_counter *c)
@@ -592,7 +769,8 @@ int64_t pcpu_counter_sum_positive(struct pcpu_counter *c)
  * move across the read (checked by loading it again) none did, and the
  * window is just the folds in flight.  A few tries get such a read.
  */
-int64_t pcpu_counter_read_bounded(struct pcpu_counter *c, int64_t *bound)
+static int64_t read_bounded_for(struct pcpu_counter *c, int64_t *bound,
+				int32_t batch)
 {
 	for (int tries = 0;; tries++) {
 		uint64_t rel = __atomic_load_n(&c->fold_rel, __ATOMIC_SEQ_CST);
@@ -602,16 +780,22 @@ int64_t pcpu_counter_read_bounded(struct pcpu_counter *c, int64_t *bound)
 			v = pcpu_counter_sum(c);
 		} else {
 			v = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
-			b = slot_budget(c, slots_of(c));
+			b = slot_budget_for(c, slots_of(c), batch);
 		}
 		uint64_t res = __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST);
 		if (tries < 3 &&
 		    __atomic_load_n(&c->fold_rel, __ATOMIC_SEQ_CST) != rel)
 			continue;
-		b += res - rel;
-		*bound = b > INT64_MAX ? INT64_MAX : (int64_t)b;
+		if (__builtin_add_overflow(b, res - rel, &b) || b > INT64_MAX)
+			b = INT64_MAX;
+		*bound = (int64_t)b;
 		return v;
 	}
+}
+
+int64_t pcpu_counter_read_bounded(struct pcpu_counter *c, int64_t *bound)
+{
+	return read_bounded_for(c, bound, 0);
 }
 
 int64_t pcpu_counter_error_bound(struct pcpu_counter *c)
@@ -626,18 +810,39 @@ void pcpu_counter_set(struct pcpu_counter *c, int64_t v)
 	count_add(c, (int64_t)((uint64_t)v - (uint64_t)pcpu_counter_sum(c)));
 }
 
-int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs)
+/*
+ * The value lies in [v - b, v + b] taken modulo 2^64: decided from the
+ * read alone when that interval stays inside int64_t (no wrap in it) and
+ * leaves out @rhs; else by the sum, the wrapped value itself.  The
+ * interval is computed in 128 bits.
+ */
+static int compare_for(struct pcpu_counter *c, int64_t rhs, int32_t batch)
 {
 	int64_t b;
-	int64_t v = pcpu_counter_read_bounded(c, &b);
-	__int128 d = (__int128)v - rhs;
-	if (d > b)
-		return 1;
-	if (d < -(__int128)b)
-		return -1;
+	int64_t v = read_bounded_for(c, &b, batch);
+	__int128 lo = (__int128)v - b, hi = (__int128)v + b;
+	if (lo >= INT64_MIN && hi <= INT64_MAX) {
+		if (lo > rhs)
+			return 1;
+		if (hi < rhs)
+			return -1;
+	}
 	if (!(c->flags & PCPU_COUNTER_EXACT_READS))
 		v = pcpu_counter_sum(c);
 	return v > rhs ? 1 : v < rhs ? -1 : 0;
+}
+
+int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs)
+{
+	return compare_for(c, rhs, 0);
+}
+
+/* The bound takes the larger of @batch and max_batch as B, so a @batch
+ * below what the adds used cannot make the answer wrong. */
+int pcpu_counter_compare_batch(struct pcpu_counter *c, int64_t rhs,
+			       int32_t batch)
+{
+	return compare_for(c, rhs, batch);
 }
 
 /* ------------------------------------------------------------------ */
@@ -647,21 +852,20 @@ int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs)
 
 /* The add of limited_far at @idx: 1 committed, 0 not attempted. */
 static int limited_far_at(struct pcpu_counter *c, int64_t *s, int64_t limit,
-			  int64_t v, int idx, bool rs)
+			  int64_t v, int idx, bool rs, int32_t batch)
 {
 	uint64_t rel = __atomic_load_n(&c->fold_rel, __ATOMIC_SEQ_CST);
 	int64_t cnt = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
 	uint64_t budget = slot_budget(c, s);
 	uint64_t res = __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST);
-	if ((__int128)cnt + (__int128)budget + (__int128)(res - rel) >
-	    (__int128)limit)
+	if (value_max(cnt, (__int128)budget + (res - rel)) + v > limit)
 		return 0;
 	int64_t *q = pcpu__copy(s, idx);
 	if (rs)
-		return pcpu__arch_add_bounded64(q, v, idx, c->io, c->batch) == 0;
+		return pcpu__arch_add_bounded64(q, v, idx, c->io, batch) == 0;
 	int64_t cur = __atomic_load_n(q, __ATOMIC_RELAXED);
 	do {
-		if (!in_range(wrap_add(cur, v), c->batch))
+		if (!in_range(wrap_add(cur, v), batch))
 			return 0;
 	} while (!__atomic_compare_exchange_n(q, &cur, wrap_add(cur, v), true,
 					      __ATOMIC_RELAXED,
@@ -673,7 +877,9 @@ static int limited_far_at(struct pcpu_counter *c, int64_t *s, int64_t limit,
  * Far from the limit: an add that stays inside the calling thread's slot
  * changes neither count nor the slot budget, so if count + budget +
  * folds in flight <= limit before it, the value stays <= limit after it,
- * however many such adds race (each slot stays below max_batch).  The
+ * however many such adds race (each slot stays below max_batch).  In 128
+ * bits, and with count - budget - folds in flight inside int64_t too:
+ * below it the value may have wrapped to the top (value_max).  The
  * thread's slot must already be counted in the budget it checked, and the
  * add must not fold (a fold moves the slot into count: it would then need
  * the exact check).  What can invalidate the check is an exact adder
@@ -684,7 +890,7 @@ static int limited_far_at(struct pcpu_counter *c, int64_t *s, int64_t limit,
  * Returns 1 (added) or 0 (not attempted or taken back).
  */
 static int limited_far(struct pcpu_counter *c, int64_t *s, int64_t limit,
-		       int64_t v)
+		       int64_t v, int32_t batch)
 {
 	uint64_t seq = __atomic_load_n(&c->lim_seq, __ATOMIC_SEQ_CST);
 	if ((uint32_t)seq != 0)
@@ -697,13 +903,13 @@ static int limited_far(struct pcpu_counter *c, int64_t *s, int64_t limit,
 	} else {
 		idx = _pcpu_cid_enter(&rs, &t);
 		uint32_t h = __atomic_load_n(&c->hi, __ATOMIC_SEQ_CST);
-		if ((uint32_t)idx >= (h & ~HI_SHARED)) {
+		if ((uint32_t)idx >= h) {
 			_pcpu_slow_exit(idx, t);
 			return 0; /* not in the budget yet: the exact path
 				     adds it */
 		}
 	}
-	int added = limited_far_at(c, s, limit, v, idx, rs);
+	int added = limited_far_at(c, s, limit, v, idx, rs, batch);
 	_pcpu_slow_exit(idx, t);
 	if (!added)
 		return 0;
@@ -722,8 +928,9 @@ static int limited_far(struct pcpu_counter *c, int64_t *s, int64_t limit,
 }
 
 /*
- * Near the limit: announce in lim_seq, then count + every slot + folds in
- * flight (counted as if positive) + v <= limit, committed by a CAS on
+ * Near the limit: announce in lim_seq, then count + every slot (wrapped:
+ * the value) + folds in flight (counted as if positive, value_max) + v <=
+ * limit in 128 bits, so that the add never wraps, committed by a CAS on
  * fold_res that reserves v as in flight, then count += v and the
  * reservation released.  The commit is not a CAS on count: a fold moving a
  * negative residue into count and another adder raising it back would
@@ -749,15 +956,16 @@ static bool limited_exact(struct pcpu_counter *c, int64_t limit, int64_t v)
 		_pcpu_slow_exit(idx, t);
 	}
 	bool ok;
+	uint64_t held = 0;
 	for (;;) {
+		wait_moves(c);
 		uint64_t rel = __atomic_load_n(&c->fold_rel, __ATOMIC_SEQ_CST);
 		uint64_t res = __atomic_load_n(&c->fold_res, __ATOMIC_SEQ_CST);
 		int64_t cnt = __atomic_load_n(&c->count, __ATOMIC_SEQ_CST);
 		s = slots_of(c);
-		__int128 est = (__int128)cnt + (__int128)(res - rel);
 		if (s)
-			est += slots_sum(c, s);
-		ok = est + v <= (__int128)limit;
+			cnt = wrap_add(cnt, slots_sum(c, s));
+		ok = value_max(cnt, res - rel) + v <= limit;
 		if (!ok)
 			break;
 		if (__atomic_compare_exchange_n(&c->fold_res, &res,
@@ -770,7 +978,15 @@ static bool limited_exact(struct pcpu_counter *c, int64_t limit, int64_t v)
 		}
 		if (!s)
 			adapt_note(c, 1);
+		else if (!held) {
+			/* folds keep moving fold_res: hold them, as a sum
+			 * does, so that the next commit can succeed */
+			held = HOLD_FOLDS;
+			__atomic_fetch_add(&c->hold, held, __ATOMIC_SEQ_CST);
+		}
 	}
+	if (held)
+		__atomic_fetch_sub(&c->hold, held, __ATOMIC_SEQ_CST);
 	__atomic_fetch_sub(&c->lim_seq, 1, __ATOMIC_SEQ_CST);
 	return ok;
 }
@@ -783,9 +999,79 @@ bool pcpu_counter_limited_add(struct pcpu_counter *c, int64_t limit,
 		return true;
 	}
 	int64_t *s = slots_of(c);
-	if (s && v < c->batch && limited_far(c, s, limit, v))
+	int32_t batch = __atomic_load_n(&c->batch, __ATOMIC_RELAXED);
+	if (s && v < batch && limited_far(c, s, limit, v, batch))
 		return true;
 	return limited_exact(c, limit, v);
+}
+
+/* ------------------------------------------------------------------ */
+/* Sync                                                                */
+
+/*
+ * The calling thread's index for sync, in *@rs whether it commits with
+ * rseq; -1 when this counter's slot there cannot hold residue (default
+ * mode: an id above hi; not counted, as nothing is written).  The index
+ * ends with _pcpu_slow_exit(idx, *@ticket).
+ */
+static int sync_index(struct pcpu_counter *c, bool *rs, int *ticket)
+{
+	if (c->flags & PCPU_COUNTER_PERCPU)
+		return _pcpu_slow_enter(rs, ticket);
+	int idx = _pcpu_cid_enter(rs, ticket);
+	uint32_t h = __atomic_load_n(&c->hi, __ATOMIC_SEQ_CST);
+	if ((uint32_t)idx >= h) {
+		_pcpu_slow_exit(idx, *ticket);
+		return -1;
+	}
+	return idx;
+}
+
+/*
+ * Fold the slot @q (index @idx) into count: 0 done (or nothing to fold),
+ * 1 when the rseq exchange aborted (nothing done).  A move like an index
+ * fold: waits while a sum holds moves off, announced in lim_seq.
+ */
+static int sync_at(struct pcpu_counter *c, int64_t *s, int idx, bool rs)
+{
+	int64_t *q = pcpu__copy(s, idx);
+	if (!_pcpu_copy_backed(s, idx) || !__atomic_load_n(q, __ATOMIC_RELAXED))
+		return 0;
+	wait_moves(c);
+	__atomic_fetch_add(&c->lim_seq, LIM_STARTED + 1, __ATOMIC_SEQ_CST);
+	uint64_t res = fold_reserve(c);
+	int64_t r;
+	int ret = 0;
+	if (rs) {
+		/* a seq_cst load keeps the exchange after the reservation
+		 * (see fold_begin) */
+		(void)folds_held(c);
+		ret = pcpu__arch_xchg0_64(q, &r, idx, c->io);
+	} else {
+		r = __atomic_exchange_n(q, 0, __ATOMIC_SEQ_CST);
+	}
+	if (ret == 0)
+		count_add(c, r);
+	fold_release(c, res);
+	__atomic_fetch_sub(&c->lim_seq, 1, __ATOMIC_SEQ_CST);
+	return ret;
+}
+
+void pcpu_counter_sync(struct pcpu_counter *c)
+{
+	int64_t *s = slots_of(c);
+	if (!s)
+		return;
+	for (;;) {
+		bool rs;
+		int t, idx = sync_index(c, &rs, &t);
+		if (idx < 0)
+			return;
+		int ret = sync_at(c, s, idx, rs);
+		_pcpu_slow_exit(idx, t);
+		if (ret == 0)
+			return;
+	}
 }
 
 /* ------------------------------------------------------------------ */
@@ -801,13 +1087,14 @@ static void fold_member(struct pcpu_counter *g, uint32_t i, int idx,
 		return;
 	if (!percpu) {
 		uint32_t h = __atomic_load_n(&m->hi, __ATOMIC_ACQUIRE);
-		if ((uint32_t)idx >= (h & ~HI_SHARED))
+		if ((uint32_t)idx >= h)
 			return;
 	}
 	int64_t *q = pcpu__copy(g->slots + i, idx);
 	if (!_pcpu_copy_backed(g->slots + i, idx) ||
 	    !__atomic_load_n(q, __ATOMIC_RELAXED))
 		return;
+	wait_moves(m);
 	/* announced like an exact limited add: moving a positive residue
 	 * into count frees room in the slot that slot-path limited adds
 	 * must not count on */

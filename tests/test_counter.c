@@ -20,6 +20,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -238,6 +239,274 @@ static void test_semantics(void)
 	unpin_self();
 }
 
+/*
+ * Destroying a counter that was never initialised but is all zero (a
+ * zero-initialised or memset struct, as error paths leave it) does
+ * nothing, like the kernel's percpu_counter_destroy; misuse of initialised
+ * counters is still reported.
+ */
+static void destroy_zeroed(void)
+{
+	struct pcpu_counter z = { 0 }, zs[3];
+	memset(zs, 0, sizeof(zs));
+	pcpu_counter_destroy(&z);
+	pcpu_counter_destroy_many(zs, 3);
+	pcpu_counter_destroy_many(zs, 1);
+	pcpu_counter_destroy(&zs[1]);
+}
+
+static void test_destroy_zeroed(void)
+{
+	uint64_t a0 = cur_allocs();
+	/* with the default handler a report aborts: in a child */
+	pid_t pid = fork();
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		destroy_zeroed();
+		_exit(0);
+	}
+	int status;
+	REQUIRE(waitpid(pid, &status, 0) == pid);
+	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	if (WIFSIGNALED(status))
+		fprintf(stderr, "  destroy of a zeroed counter: child killed by "
+				"signal %d\n",
+			WTERMSIG(status));
+
+	pcpu_set_error_handler(record_error, NULL);
+	errors_seen = 0;
+	destroy_zeroed();
+	CHECK_EQ(errors_seen, 0);
+	/* initialised counters: a member or a part of a group is still
+	 * reported, and a counter destroyed twice is a no-op as before */
+	errors_seen = 0;
+	struct pcpu_counter c, many[3];
+	REQUIRE(pcpu_counter_init_many(many, 0, 3, PCPU_COUNTER_EAGER) == 0);
+	pcpu_counter_destroy(&many[1]);
+	pcpu_counter_destroy_many(many, 2);
+	CHECK_EQ(errors_seen, 2);
+	pcpu_counter_destroy_many(many, 3);
+	CHECK_EQ(cur_allocs(), a0);
+	REQUIRE(pcpu_counter_init(&c, 1, PCPU_COUNTER_EAGER) == 0);
+	pcpu_counter_destroy(&c);
+	pcpu_counter_destroy(&c);
+	CHECK_EQ(errors_seen, 2);
+	pcpu_set_error_handler(NULL, NULL);
+	CHECK_EQ(cur_allocs(), a0);
+}
+
+/*
+ * Values near +-2^63.  The value is an int64_t that adds wrap modulo 2^64
+ * (sum() is count + slots, wrapped); compare() and limited_add() decide on
+ * that value with exact integer arithmetic: no answer may come from a
+ * comparison that overflowed or from a read on the other side of the wrap,
+ * and a limited add never takes the value past its limit.
+ */
+static void test_wrap(void)
+{
+	struct pcpu_counter c;
+	move_to(0, real_cpus[0]);
+	for (int m = 0; m < NR_MODES; m++) {
+		unsigned int fl = modes[m].flags;
+		bool slots = !(fl & PCPU_COUNTER_ATOMIC);
+
+		/* count alone near the top */
+		REQUIRE(pcpu_counter_init(&c, INT64_MAX - 5, fl) == 0);
+		CHECK_EQ(pcpu_counter_compare(&c, -1), 1);
+		CHECK_EQ(pcpu_counter_compare(&c, -100), 1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MIN), 1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MAX), -1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MAX - 5), 0);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MAX - 6), 1);
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MAX, 10));
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MAX, INT64_MAX));
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MIN + 5, 1));
+		CHECK(pcpu_counter_limited_add(&c, INT64_MAX, 5));
+		CHECK(pcpu_counter_sum(&c) == INT64_MAX);
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MAX, 1));
+		CHECK(pcpu_counter_sum(&c) == INT64_MAX);
+		pcpu_counter_destroy(&c);
+
+		/* count alone near the bottom */
+		REQUIRE(pcpu_counter_init(&c, INT64_MIN + 5, fl) == 0);
+		CHECK_EQ(pcpu_counter_compare(&c, 1), -1);
+		CHECK_EQ(pcpu_counter_compare(&c, 100), -1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MAX), -1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MIN), 1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MIN + 5), 0);
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MIN + 10, 6));
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MIN + 10, INT64_MAX));
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MIN, 1));
+		CHECK(pcpu_counter_limited_add(&c, INT64_MIN + 10, 5));
+		CHECK(pcpu_counter_sum(&c) == INT64_MIN + 10);
+		CHECK(pcpu_counter_limited_add(&c, INT64_MAX, INT64_MAX));
+		CHECK(pcpu_counter_sum(&c) == 9);
+		pcpu_counter_destroy(&c);
+
+		/* residue in a slot carries the value over the top: it is
+		 * INT64_MIN + 4, although count reads INT64_MAX - 5 */
+		REQUIRE(pcpu_counter_init(&c, INT64_MAX - 5, fl) == 0);
+		if (slots)
+			REQUIRE(pcpu_counter_go_percpu(&c) == 0);
+		pcpu_counter_add(&c, 10);
+		CHECK(pcpu_counter_sum(&c) == INT64_MIN + 4);
+		CHECK_EQ(pcpu_counter_compare(&c, -1), -1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MAX - 5), -1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MIN + 4), 0);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MIN), 1);
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MIN + 5, 2));
+		CHECK(pcpu_counter_limited_add(&c, 0, 1));
+		CHECK(pcpu_counter_sum(&c) == INT64_MIN + 5);
+		CHECK(pcpu_counter_limited_add(&c, INT64_MIN + 6, 1));
+		CHECK(pcpu_counter_sum(&c) == INT64_MIN + 6);
+		pcpu_counter_destroy(&c);
+
+		/* ... and under the bottom: the value is INT64_MAX - 4, above
+		 * any limit below it */
+		REQUIRE(pcpu_counter_init(&c, INT64_MIN + 5, fl) == 0);
+		if (slots)
+			REQUIRE(pcpu_counter_go_percpu(&c) == 0);
+		pcpu_counter_add(&c, -10);
+		CHECK(pcpu_counter_sum(&c) == INT64_MAX - 4);
+		CHECK_EQ(pcpu_counter_compare(&c, 0), 1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MIN + 5), 1);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MAX - 4), 0);
+		CHECK_EQ(pcpu_counter_compare(&c, INT64_MAX), -1);
+		CHECK(!pcpu_counter_limited_add(&c, 0, 1));
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MAX - 1, 4));
+		CHECK(pcpu_counter_sum(&c) == INT64_MAX - 4);
+		CHECK(pcpu_counter_limited_add(&c, INT64_MAX, 4));
+		CHECK(pcpu_counter_sum(&c) == INT64_MAX);
+		CHECK(!pcpu_counter_limited_add(&c, INT64_MAX, 1));
+		pcpu_counter_destroy(&c);
+	}
+	unpin_self();
+}
+
+/*
+ * The rest of the kernel's percpu_counter API: inc/dec, set_batch (the
+ * batch of add), sync (fold the calling thread's slot), add_local (a
+ * batch so large that adds nearly never fold, with an error bound that
+ * says so) and compare_batch.
+ */
+static void test_kernel_api(void)
+{
+	struct pcpu_counter c;
+	move_to(0, real_cpus[0]);
+	for (int m = 0; m < NR_MODES; m++) {
+		unsigned int fl = modes[m].flags;
+		bool slots = !(fl & PCPU_COUNTER_ATOMIC);
+		/* read() is count, and lags the slots */
+		bool lags = slots && !(fl & PCPU_COUNTER_EXACT_READS);
+		REQUIRE(pcpu_counter_init(&c, 0, fl) == 0);
+		if (slots)
+			REQUIRE(pcpu_counter_go_percpu(&c) == 0);
+
+		for (int i = 0; i < 10; i++)
+			pcpu_counter_inc(&c);
+		for (int i = 0; i < 3; i++)
+			pcpu_counter_dec(&c);
+		CHECK_EQ(pcpu_counter_sum(&c), 7);
+		CHECK_EQ(pcpu_counter_read(&c), lags ? 0 : 7);
+
+		/* sync moves the thread's residue into count */
+		pcpu_counter_sync(&c);
+		CHECK_EQ(pcpu_counter_read(&c), 7);
+		CHECK_EQ(pcpu_counter_sum(&c), 7);
+		pcpu_counter_sync(&c);
+		CHECK_EQ(pcpu_counter_read(&c), 7);
+
+		/* set_batch */
+		CHECK_EQ(pcpu_counter_set_batch(&c, 0), -EINVAL);
+		CHECK_EQ(pcpu_counter_set_batch(&c, -5), -EINVAL);
+		CHECK_EQ(pcpu_counter_set_batch(&c, (int64_t)INT32_MAX + 1),
+			 -EINVAL);
+		CHECK_EQ(pcpu_counter_set_batch(&c, INT64_MIN), -EINVAL);
+		CHECK_EQ(pcpu_counter_set_batch(&c, 1000), 0);
+		pcpu_counter_add(&c, 500); /* stays in the slot */
+		CHECK_EQ(pcpu_counter_read(&c), lags ? 7 : 507);
+		CHECK_EQ(pcpu_counter_sum(&c), 507);
+		int64_t b, r = pcpu_counter_read_bounded(&c, &b);
+		CHECK(r >= 507 - b && r <= 507 + b);
+		if (lags)
+			CHECK(b >= 999);
+		CHECK_EQ(pcpu_counter_set_batch(&c, 4), 0);
+		pcpu_counter_add(&c, 4); /* |v| >= batch: straight to count */
+		CHECK_EQ(pcpu_counter_read(&c), lags ? 11 : 511);
+		pcpu_counter_add(&c, 3); /* 503 is out of (-4, 4): a fold */
+		CHECK_EQ(pcpu_counter_read(&c), 514);
+		CHECK_EQ(pcpu_counter_sum(&c), 514);
+		/* residue of the larger batch may remain elsewhere: B stays */
+		if (lags)
+			CHECK(pcpu_counter_error_bound(&c) >= 999);
+		pcpu_counter_add(&c, 2);
+		CHECK_EQ(pcpu_counter_read(&c), lags ? 514 : 516);
+		pcpu_counter_add(&c, 2); /* 4 is out of (-4, 4) */
+		CHECK_EQ(pcpu_counter_read(&c), 518);
+		CHECK_EQ(pcpu_counter_set_batch(&c, PCPU_COUNTER_BATCH), 0);
+
+		/* compare_batch: the right answer whatever the batch */
+		pcpu_counter_add(&c, 20); /* residue 20 */
+		CHECK_EQ(pcpu_counter_sum(&c), 538);
+		int32_t batches[] = { -1, 1, 32, 1000, INT32_MAX };
+		for (int i = 0; i < 5; i++) {
+			int32_t bt = batches[i];
+			CHECK_EQ(pcpu_counter_compare_batch(&c, 538, bt), 0);
+			CHECK_EQ(pcpu_counter_compare_batch(&c, 537, bt), 1);
+			CHECK_EQ(pcpu_counter_compare_batch(&c, 539, bt), -1);
+			CHECK_EQ(pcpu_counter_compare_batch(&c, 520, bt), 1);
+			CHECK_EQ(pcpu_counter_compare_batch(&c, -1000000, bt), 1);
+			CHECK_EQ(pcpu_counter_compare_batch(&c, INT64_MAX, bt),
+				 -1);
+			CHECK_EQ(pcpu_counter_compare_batch(&c, INT64_MIN, bt),
+				 1);
+		}
+
+		/* add_local: nearly never folds; the bound covers it */
+		pcpu_counter_sync(&c);
+		CHECK_EQ(pcpu_counter_read(&c), 538);
+		pcpu_counter_add_local(&c, 100000);
+		pcpu_counter_add_local(&c, 100000);
+		CHECK_EQ(pcpu_counter_sum(&c), 200538);
+		r = pcpu_counter_read_bounded(&c, &b);
+		CHECK_EQ(r, lags ? 538 : 200538);
+		CHECK(r >= 200538 - b && r <= 200538 + b);
+		if (lags)
+			CHECK(b >= PCPU_COUNTER_LOCAL_BATCH - 1);
+		CHECK_EQ(pcpu_counter_compare(&c, 200538), 0);
+		CHECK_EQ(pcpu_counter_compare(&c, 539), 1);
+		pcpu_counter_add_local(&c, -PCPU_COUNTER_LOCAL_BATCH); /* count */
+		CHECK_EQ(pcpu_counter_sum(&c), 200538 - PCPU_COUNTER_LOCAL_BATCH);
+		pcpu_counter_add_local(&c, PCPU_COUNTER_LOCAL_BATCH);
+		pcpu_counter_sync(&c);
+		CHECK_EQ(pcpu_counter_read(&c), 200538);
+		/* a plain add folds what add_local left */
+		pcpu_counter_add_local(&c, 5000);
+		pcpu_counter_add(&c, 1);
+		CHECK_EQ(pcpu_counter_read(&c), 205539);
+		CHECK_EQ(pcpu_counter_sum(&c), 205539);
+		pcpu_counter_destroy(&c);
+	}
+
+	/* an adaptive counter still one word: sync is nothing, and the
+	 * value exact */
+	REQUIRE(pcpu_counter_init(&c, 3, 0) == 0);
+	pcpu_counter_add_local(&c, 10);
+	pcpu_counter_sync(&c);
+	CHECK(!pcpu_counter_is_percpu(&c));
+	CHECK_EQ(pcpu_counter_read(&c), 13);
+	pcpu_counter_destroy(&c);
+
+	/* a thread that never wrote a default counter has nothing to sync,
+	 * and syncing does not count its id among those with residue */
+	REQUIRE(pcpu_counter_init(&c, 0, PCPU_COUNTER_EAGER) == 0);
+	int64_t b0 = pcpu_counter_error_bound(&c);
+	pcpu_counter_sync(&c);
+	CHECK_EQ(pcpu_counter_error_bound(&c), b0);
+	pcpu_counter_destroy(&c);
+	unpin_self();
+}
+
 /* An adaptive counter whose switch cannot allocate stays atomic, exact,
  * and switches once memory is back. */
 static void test_switch_oom(void)
@@ -385,18 +654,18 @@ static void *storm_reader(void *arg)
 			if (lo - b - v > st.worst_excess)
 				st.worst_excess = lo - b - v;
 		}
-		/* compare() agrees with the bracket when it is decisive;
-		 * its exact path is a sum, which can miss folds racing it
-		 * (each at most max_batch - 1 = 63, one per thread) */
+		/* compare() agrees with the bracket: decided from the read
+		 * when it is decisive, else by a sum, which includes every
+		 * add counted in done before it */
 		if (st.reads % 64 == 0) {
-			int cmp = pcpu_counter_compare(st.c, lo - b - 64 * 8);
+			lo = atomic_load(&st.done);
+			int cmp = pcpu_counter_compare(st.c, lo);
 			CHECK(cmp >= 0);
 			if (cmp < 0)
 				fprintf(stderr, "  compare(%lld) = %d, read %lld "
-						"bound %lld lo %lld\n",
-					(long long)(lo - b - 64 * 8), cmp,
-					(long long)v, (long long)b,
-					(long long)lo);
+						"bound %lld\n",
+					(long long)lo, cmp, (long long)v,
+					(long long)b);
 		}
 	}
 	return NULL;
@@ -455,6 +724,193 @@ static void run_storm(unsigned int flags, long iters, bool positive,
 		st.reads, (long long)st.max_bound, (long long)b);
 	pcpu_counter_destroy(&c);
 	CHECK_EQ(cur_allocs(), a0);
+}
+
+/* ------------------------------------------------------------------ */
+/* sum() is exact with respect to completed adds                       */
+
+/*
+ * Adders add amounts near the batch, so that about every other add folds
+ * (takes its slot's residue and adds it to count), and after each add
+ * publish it in done (release).  The reader takes done (acquire), then
+ * sum(): every add counted in done completed before the sum started, so
+ * the sum must include it: sum >= done for positive adds (<= for negative
+ * ones).  started, read after the sum, bounds it on the other side (a sum
+ * counts no add twice).  The adders and the reader move between CPUs.
+ */
+#define EX_ADDERS 3
+
+static struct {
+	struct pcpu_counter *c;
+	int64_t sign;
+	long iters;
+	bool api;             /* syncs, add_local, set_batch race the adds */
+	atomic_llong started, done;
+	atomic_int adders_left, stop_mover, reader_ready;
+	_Atomic pid_t tids[EX_ADDERS + 1];
+	long sums, short_sums, long_sums, bad_compares;
+	int64_t worst_short, worst_long;
+} ex;
+
+static void *ex_adder(void *arg)
+{
+	long id = (long)arg;
+	unsigned seed = (unsigned)id * 977u + 3;
+	ex.tids[id] = gettid();
+	while (!atomic_load(&ex.reader_ready))
+		sched_yield();
+	for (long i = 0; i < ex.iters; i++) {
+		unsigned r = (unsigned)rand_r(&seed);
+		/* valgrind runs one thread at a time: let the reader in */
+		if (scale > 1 && i % 64 == 0)
+			sched_yield();
+		int64_t v = ex.sign * (PCPU_COUNTER_BATCH / 2 +
+				       (int64_t)(r % (PCPU_COUNTER_BATCH / 2)));
+		atomic_fetch_add(&ex.started, v);
+		if (ex.api && id == 0 && r % 8 == 0)
+			pcpu_counter_add_local(ex.c, v);
+		else
+			pcpu_counter_add(ex.c, v);
+		atomic_fetch_add_explicit(&ex.done, v, memory_order_release);
+		if (ex.api && r % 16 == 1)
+			pcpu_counter_sync(ex.c);
+		if (i % 256 == 0 && nr_real_cpus > 1)
+			move_to(0, real_cpus[(r >> 8) % nr_real_cpus]);
+	}
+	atomic_fetch_sub(&ex.adders_left, 1);
+	return NULL;
+}
+
+static void ex_note(int64_t s, int64_t lo, int64_t hi)
+{
+	if (s < lo) {
+		ex.short_sums++;
+		if (lo - s > ex.worst_short)
+			ex.worst_short = lo - s;
+	}
+	if (s > hi) {
+		ex.long_sums++;
+		if (s - hi > ex.worst_long)
+			ex.worst_long = s - hi;
+	}
+}
+
+static void *ex_reader(void *arg)
+{
+	(void)arg;
+	ex.tids[EX_ADDERS] = gettid();
+	atomic_store(&ex.reader_ready, 1);
+	while (atomic_load(&ex.adders_left) > 0) {
+		int64_t t = atomic_load_explicit(&ex.done, memory_order_acquire);
+		int64_t s = pcpu_counter_sum(ex.c);
+		int64_t h = atomic_load(&ex.started);
+		ex.sums++;
+		if (scale > 1 && ex.sums % 16 == 0)
+			sched_yield(); /* valgrind: the adders' turn */
+		if (ex.sign > 0)
+			ex_note(s, t, h);
+		else
+			ex_note(s, h, t);
+		if (ex.api) {
+			/* read_bounded brackets the value too */
+			int64_t b;
+			t = atomic_load_explicit(&ex.done, memory_order_acquire);
+			s = pcpu_counter_read_bounded(ex.c, &b);
+			h = atomic_load(&ex.started);
+			if (ex.sign > 0)
+				ex_note(s, t - b, h + b);
+			else
+				ex_note(s, h - b, t + b);
+		}
+		if (ex.sums % 4)
+			continue;
+		/* compare's exact part, sum_positive, exact reads */
+		t = atomic_load_explicit(&ex.done, memory_order_acquire);
+		if (pcpu_counter_compare(ex.c, t) * ex.sign < 0)
+			ex.bad_compares++;
+		if (pcpu_counter_compare(ex.c, t - ex.sign) != ex.sign)
+			ex.bad_compares++;
+		if (ex.sign > 0 && pcpu_counter_sum_positive(ex.c) < t)
+			ex.bad_compares++;
+		if ((ex.c->flags & PCPU_COUNTER_EXACT_READS) &&
+		    (pcpu_counter_read(ex.c) - t) * ex.sign < 0)
+			ex.bad_compares++;
+	}
+	return NULL;
+}
+
+static void *ex_mover(void *arg)
+{
+	(void)arg;
+	unsigned seed = 99;
+	for (int n = 0; !atomic_load(&ex.stop_mover); n++) {
+		if (ex.api)
+			CHECK_EQ(pcpu_counter_set_batch(ex.c, n % 2 ? 8 : 48),
+				 0);
+		if (nr_real_cpus > 1)
+			for (int i = 0; i <= EX_ADDERS; i++)
+				if (ex.tids[i])
+					move_to(ex.tids[i],
+						real_cpus[rand_r(&seed) %
+							  nr_real_cpus]);
+		usleep(300);
+	}
+	return NULL;
+}
+
+static void run_sum_exact(unsigned int flags, int64_t sign, long iters,
+			  bool api, const char *what)
+{
+	struct pcpu_counter c;
+	pthread_t w[EX_ADDERS], rd, mv;
+	memset(&ex, 0, sizeof(ex));
+	REQUIRE(pcpu_counter_init(&c, 0, flags) == 0);
+	ex.c = &c;
+	ex.sign = sign;
+	ex.iters = iters;
+	ex.api = api;
+	atomic_store(&ex.adders_left, EX_ADDERS);
+	double t0 = now();
+	for (long i = 0; i < EX_ADDERS; i++)
+		REQUIRE(pthread_create(&w[i], NULL, ex_adder, (void *)i) == 0);
+	REQUIRE(pthread_create(&rd, NULL, ex_reader, NULL) == 0);
+	REQUIRE(pthread_create(&mv, NULL, ex_mover, NULL) == 0);
+	for (int i = 0; i < EX_ADDERS; i++)
+		pthread_join(w[i], NULL);
+	pthread_join(rd, NULL);
+	atomic_store(&ex.stop_mover, 1);
+	pthread_join(mv, NULL);
+	CHECK_EQ(pcpu_counter_sum(&c), atomic_load(&ex.done));
+	CHECK_EQ(ex.short_sums, 0);
+	CHECK_EQ(ex.long_sums, 0);
+	CHECK_EQ(ex.bad_compares, 0);
+	fprintf(stderr,
+		"sum exact %-14s %s: %ld sums in %.2f s, %ld short (worst by "
+		"%lld), %ld long (worst by %lld), %ld bad compares\n",
+		what, sign > 0 ? "+" : "-", ex.sums, now() - t0, ex.short_sums,
+		(long long)ex.worst_short, ex.long_sums,
+		(long long)ex.worst_long, ex.bad_compares);
+	pcpu_counter_destroy(&c);
+}
+
+static void test_sum_exact(void)
+{
+	static const struct mode ex_modes[] = {
+		{ "default", PCPU_COUNTER_EAGER },
+		{ "percpu", PCPU_COUNTER_PERCPU | PCPU_COUNTER_EAGER },
+		{ "exact reads", PCPU_COUNTER_EXACT_READS | PCPU_COUNTER_EAGER },
+	};
+	long iters = 100000 / scale / (PCPU_TEST_TSAN ? 2 : 1);
+	for (int m = 0; m < 3; m++) {
+		run_sum_exact(ex_modes[m].flags, 1, iters, false,
+			      ex_modes[m].name);
+		run_sum_exact(ex_modes[m].flags, -1, iters, false,
+			      ex_modes[m].name);
+	}
+	/* with syncs, add_local and batch changes racing */
+	run_sum_exact(PCPU_COUNTER_EAGER, 1, iters, true, "default+api");
+	run_sum_exact(PCPU_COUNTER_PERCPU | PCPU_COUNTER_EAGER, -1, iters,
+		      true, "percpu+api");
 }
 
 /* ------------------------------------------------------------------ */
@@ -803,8 +1259,12 @@ int main(void)
 	check_mode();
 	double t0 = now();
 	test_semantics();
+	test_destroy_zeroed();
+	test_wrap();
+	test_kernel_api();
 	test_switch_oom();
 	test_adaptive_switch();
+	test_sum_exact();
 
 	long iters = 300000 / scale;
 	for (int m = 0; m < NR_MODES; m++)

@@ -21,16 +21,16 @@
  * write-heavy counters in many-threaded programs, error batch x used CPUs.
  *
  * Error bounds (B = the largest batch any add used, 32 unless
- * pcpu_counter_add_batch passed more; F = the amounts of folds in flight,
- * each at most B - 1 and only while an add is between taking a slot's
- * residue and adding it to count):
+ * pcpu_counter_add_batch, pcpu_counter_add_local or pcpu_counter_set_batch
+ * used more; F = the amounts of folds in flight, each at most B - 1 and
+ * only while an add is between taking a slot's residue and adding it to
+ * count):
  *
  *   default               |read - exact| <= (B - 1) x N + F, where N is the
  *                         number of concurrency ids the counter has used:
  *                         at most the largest number of threads that ever
- *                         updated it at once (and at most the CPUs), plus
- *                         one for the shared slot of threads beyond
- *                         PCPU_MAX_CPUS ids.  Independent of CPU count.
+ *                         updated it at once (and at most the CPU ids).
+ *                         Independent of CPU count.
  *   PCPU_COUNTER_PERCPU   (B - 1) x U + F, U = indexes (CPUs) the process
  *                         has used (pcpu_for_each_cpu).  Grows with the
  *                         CPUs the threads visit, like Linux's
@@ -68,14 +68,26 @@
  * can be non-zero (N above, or U), never to possible CPUs.
  *
  * Concurrency.  Every function may run concurrently with any other on the
- * same counter except init/destroy.  set() is exact only when no update
- * runs concurrently (like the kernel's).  No update path takes a lock,
- * except the rare slow path that switches a counter to slots (pcpu_alloc)
- * or readies an index (cpu.c): adds are not async-signal-safe.
+ * same counter except init/destroy.  sum() (and what uses it: compare()'s
+ * exact part, EXACT_READS reads, set()) is exact with respect to the adds
+ * that completed before it, like the kernel's.  set() is exact only when
+ * no update runs concurrently (like the kernel's).  No update path takes a
+ * lock, except the rare slow path that switches a counter to slots
+ * (pcpu_alloc) or readies an index (cpu.c): adds are not
+ * async-signal-safe.
  *
  * Hotplug.  A CPU that goes away keeps its residue in PCPU_COUNTER_PERCPU
  * counters (sum() still sees it); the library folds it into count with
  * _pcpu_counter_fold_index() (counter.c) from its CPU-dead handling.
+ *
+ * Range.  The value is an int64_t that adds wrap modulo 2^64, like the
+ * kernel's s64: sum() returns count + slots wrapped, and read() + and -
+ * the error bound brackets it modulo 2^64.  compare() and limited_add()
+ * decide on that wrapped value with exact integer arithmetic (128 bits):
+ * compare() trusts read() only when read() +- bound stays inside int64_t,
+ * and a limited add takes the value at most to its limit, so it never
+ * wraps it (the limit is at most INT64_MAX).  Amounts that are not limited
+ * (add(), limited_add() with v <= 0) wrap.
  *
  * Errors: int functions return 0 or -errno.
  */
@@ -105,15 +117,22 @@ extern "C" {
 #define PCPU_COUNTER_ATOMIC 0x8u
 #define PCPU_COUNTER_FLAGS_ALL 0xfu
 
-/* Batch of pcpu_counter_add(): slots stay in (-32, 32). */
+/* Batch of pcpu_counter_add() unless pcpu_counter_set_batch() changed it:
+ * slots stay in (-32, 32). */
 #define PCPU_COUNTER_BATCH 32
+/* Largest batch of pcpu_counter_set_batch() (slots are int64_t; the batch
+ * is kept in 32 bits). */
+#define PCPU_COUNTER_MAX_BATCH INT32_MAX
+/* Batch of pcpu_counter_add_local(), the kernel's
+ * PERCPU_COUNTER_LOCAL_BATCH. */
+#define PCPU_COUNTER_LOCAL_BATCH (INT32_MAX / 2)
 /* Contention events (failed CAS, change of updating thread) within one
  * window of updates after which an adaptive counter switches to slots. */
 #define PCPU_COUNTER_SWITCH_EVENTS 4
 #define PCPU_COUNTER_SWITCH_WINDOW 256
 
 /*
- * The counter.  Fields are private; 104 bytes.  The first 64 bytes are
+ * The counter.  Fields are private; 112 bytes.  The first 64 bytes are
  * read by every add and written almost never; count and the fold
  * bookkeeping follow, so that folds by one thread do not take the line
  * every other thread's adds read.  For write-heavy counters shared by
@@ -133,7 +152,7 @@ struct pcpu_counter {
 	int32_t max_batch;    /* largest batch any add used (slots stay in
 				 (-max_batch, max_batch)) */
 	uint32_t hi;          /* default mode: ids below this may hold
-				 residue; bit 31: the shared slot may */
+				 residue */
 	uint32_t gidx;        /* place in an init_many group (0: leader) */
 	uint32_t gn;          /* size of the init_many group */
 	uint32_t switches;    /* switches attempted (tests, statistics) */
@@ -148,6 +167,10 @@ struct pcpu_counter {
 	uint64_t fold_rel;    /* ... released once folded (monotonic) */
 	uint64_t lim_seq;     /* limited_add: exact adders in progress (low
 				 32 bits) and started (high 32 bits) */
+	uint64_t hold;        /* sums that keep folds from moving residue
+				 (low 32 bits) and that also hold off
+				 limited adds' exact commits, syncs and
+				 index folds (high 32 bits) */
 };
 
 /*
@@ -167,7 +190,15 @@ int pcpu_counter_init(struct pcpu_counter *c, int64_t initial,
  */
 int pcpu_counter_init_many(struct pcpu_counter *c, int64_t initial,
 			   unsigned int n, unsigned int flags);
-/* Frees the slots.  No other call may run on @c concurrently. */
+/*
+ * Frees the slots.  No other call may run on @c concurrently.  A counter
+ * that was never initialised but is all zero (= { 0 }, memset) is left
+ * alone, as the kernel's percpu_counter_destroy does, so error paths can
+ * destroy counters they never got to initialise; for destroy_many, c[0]
+ * all zero means an array that was never initialised.  Destroying a
+ * counter again after destroy is a no-op.  Anything else that is not a
+ * whole group (a member, a wrong n) is reported (pcpu_set_error_handler).
+ */
 void pcpu_counter_destroy(struct pcpu_counter *c);
 void pcpu_counter_destroy_many(struct pcpu_counter *c, unsigned int n);
 
@@ -192,17 +223,33 @@ static inline bool pcpu__counter_add_fast(struct pcpu_counter *c, int64_t v,
 					(int)idx, io, batch) == 0;
 }
 
-/* Add @v (any int64_t; arithmetic wraps like uint64_t). */
+/* Add @v (any int64_t; arithmetic wraps like uint64_t: see "Range" at
+ * the top), with the counter's batch (pcpu_counter_set_batch). */
 static inline void pcpu_counter_add(struct pcpu_counter *c, int64_t v)
 {
-	if (pcpu__likely(pcpu__counter_add_fast(c, v, c->batch)))
+	/* read twice (set_batch may change it): one value kept across the
+	 * fast path costs a register there */
+	if (pcpu__likely(pcpu__counter_add_fast(
+		    c, v, __atomic_load_n(&c->batch, __ATOMIC_RELAXED))))
 		return;
-	pcpu__counter_add_slow(c, v, c->batch);
+	pcpu__counter_add_slow(c, v, __atomic_load_n(&c->batch,
+						     __ATOMIC_RELAXED));
 }
 
 static inline void pcpu_counter_sub(struct pcpu_counter *c, int64_t v)
 {
 	pcpu_counter_add(c, (int64_t)(0 - (uint64_t)v));
+}
+
+/* The kernel's percpu_counter_inc and percpu_counter_dec. */
+static inline void pcpu_counter_inc(struct pcpu_counter *c)
+{
+	pcpu_counter_add(c, 1);
+}
+
+static inline void pcpu_counter_dec(struct pcpu_counter *c)
+{
+	pcpu_counter_add(c, -1);
 }
 
 /*
@@ -222,6 +269,47 @@ static inline void pcpu_counter_add_batch(struct pcpu_counter *c, int64_t v,
 	pcpu__counter_add_slow(c, v, batch);
 }
 
+/*
+ * pcpu_counter_add_local - the kernel's percpu_counter_add_local: add to
+ * the calling thread's slot, folding only when the slot would leave
+ * (-PCPU_COUNTER_LOCAL_BATCH, PCPU_COUNTER_LOCAL_BATCH): for counters
+ * written often and read with sum() (or made current with sync()).  read()
+ * then lags by up to PCPU_COUNTER_LOCAL_BATCH - 1 per slot, and the error
+ * bound says so: like any add_batch with a batch larger than the ones
+ * before, the first add_local raises B to PCPU_COUNTER_LOCAL_BATCH for the
+ * counter's life, so pcpu_counter_error_bound() becomes (B - 1) x slots
+ * and stays a true bound (limited_add then takes its exact path more
+ * often).  Plain adds keep the counter's batch and fold the residue
+ * add_local left when they overflow it.
+ */
+static inline void pcpu_counter_add_local(struct pcpu_counter *c, int64_t v)
+{
+	pcpu_counter_add_batch(c, v, PCPU_COUNTER_LOCAL_BATCH);
+}
+
+/*
+ * pcpu_counter_set_batch - the batch of pcpu_counter_add() (and sub, inc,
+ * dec, limited_add's slot path) on @c from now on: slots stay in (-@batch,
+ * @batch), |v| >= @batch goes straight to count; the kernel sets one batch
+ * for all counters (percpu_counter_batch), here each counter has its own.
+ * May run concurrently with updates.  A batch larger than any before
+ * raises B (the error bound) for the counter's life; a smaller one does
+ * not lower it, as residue of the larger batch can stay in slots until
+ * they fold (sync() folds the calling thread's).  Returns 0, or -EINVAL
+ * when @batch < 1 or > PCPU_COUNTER_MAX_BATCH.
+ */
+int pcpu_counter_set_batch(struct pcpu_counter *c, int64_t batch);
+
+/*
+ * pcpu_counter_sync - the kernel's percpu_counter_sync: fold the residue
+ * of the calling thread's slot (its concurrency id; its CPU for
+ * PCPU_COUNTER_PERCPU) into count, so that read() includes the adds that
+ * went there; the value does not change.  Nothing to do for a counter
+ * without slots.  Waits while a sum holds such moves off (briefly: see
+ * pcpu_counter_sum).  Other threads' residue stays where it is.
+ */
+void pcpu_counter_sync(struct pcpu_counter *c);
+
 /* The folded value: O(1), off by at most pcpu_counter_error_bound() (sum
  * for PCPU_COUNTER_EXACT_READS). */
 static inline int64_t pcpu_counter_read(struct pcpu_counter *c)
@@ -240,8 +328,16 @@ static inline int64_t pcpu_counter_read_positive(struct pcpu_counter *c)
 
 /*
  * pcpu_counter_sum - count plus every slot that can be non-zero (default:
- * the N concurrency ids used; PCPU_COUNTER_PERCPU: the used CPUs).  Exact
- * when no update runs concurrently; a fold racing it can be missed.
+ * the N concurrency ids used; PCPU_COUNTER_PERCPU: the used CPUs).  Like
+ * the kernel's percpu_counter_sum, exact with respect to every add that
+ * completed before the call: the result includes all of them, counts no
+ * add twice, and includes any subset of the adds that run concurrently.
+ * A sum reads count and the slots as one consistent view: it retries when
+ * a fold moved residue from a slot into count while it read, and after one
+ * retry it asks folds to leave the slots alone until it is done (they add
+ * their amounts straight to count meanwhile), so folds do not starve it.
+ * Lock-free for adds; it waits only for folds that had already taken a
+ * slot's residue when it started (a few instructions each).
  */
 /* (declared above) */
 
@@ -257,8 +353,10 @@ void pcpu_counter_set(struct pcpu_counter *c, int64_t v);
 
 /*
  * pcpu_counter_compare - -1, 0 or 1 as the value is below, equal to or
- * above @rhs.  Decided from read() alone when |read - rhs| exceeds the
- * error bound (cheap), else from sum() (exact when quiescent).
+ * above @rhs, like the kernel's percpu_counter_compare.  Decided from
+ * read() alone when |read - rhs| exceeds the error bound and read() +-
+ * bound does not wrap (cheap), else from sum() (exact with respect to the
+ * adds that completed before the call).
  */
 int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs);
 
@@ -272,13 +370,29 @@ int pcpu_counter_compare(struct pcpu_counter *c, int64_t rhs);
  * and commits with a CAS on the fold bookkeeping, which fails if anything
  * moved between slots and count since the sum.  It can refuse an add that
  * would have fitted while others race it near the limit (never when
- * alone).  @v <= 0 is always added (it cannot push the value above the
- * limit) and returns true; unlike the kernel's, @limit is never a floor.
+ * alone).  @v <= 0 is always added like pcpu_counter_add (it cannot push
+ * the value up to the limit; like add it wraps below INT64_MIN) and
+ * returns true; unlike the kernel's, @limit is never a floor.  For @v > 0
+ * the value checked is the wrapped one (see "Range"): a value that wrapped
+ * to near INT64_MAX is above any lower limit, and value + @v is computed
+ * without overflow, so no add crosses the limit by wrapping.
  * Plain adds racing it are not constrained and can push the value above
  * the limit, as they would without it.
  */
 bool pcpu_counter_limited_add(struct pcpu_counter *c, int64_t limit,
 			      int64_t v);
+
+/*
+ * pcpu_counter_compare_batch - the kernel's __percpu_counter_compare(fbc,
+ * rhs, batch): compare() with the error bound computed for adds with a
+ * batch of @batch.  The kernel's caller passes the batch its adds used,
+ * since its bound is batch x online CPUs; here the counter knows the
+ * largest batch its adds used, and the bound takes the larger of the two,
+ * so a @batch that is too small cannot make the answer wrong, and a larger
+ * one only sends more calls to the exact sum.
+ */
+int pcpu_counter_compare_batch(struct pcpu_counter *c, int64_t rhs,
+			       int32_t batch);
 
 /* The bound on |read() - exact| that holds now (see the top). */
 int64_t pcpu_counter_error_bound(struct pcpu_counter *c);
@@ -286,7 +400,7 @@ int64_t pcpu_counter_error_bound(struct pcpu_counter *c);
 /*
  * pcpu_counter_read_bounded - read() and, in *@bound, a bound on its error
  * that holds for that very read even when folds race it: exact lies in
- * [v - *bound, v + *bound] at the moment of the read.
+ * [v - *bound, v + *bound] (modulo 2^64) at the moment of the read.
  */
 int64_t pcpu_counter_read_bounded(struct pcpu_counter *c, int64_t *bound);
 
