@@ -44,9 +44,10 @@
  * prints the shortest one found, one line per operation, and the command
  * that replays it.
  *
- * Environment: PCPU_MODEL_SEED (the first seed), PCPU_MODEL_STEPS,
- * PCPU_MODEL_SEEDS (--long: how many seeds, default until the time is
- * up), PCPU_MODEL_SECS (--long: the time, default 240 s),
+ * Environment: PCPU_MODEL_SEED (the first seed), PCPU_MODEL_STEPS (a
+ * run's operations), PCPU_MODEL_SEEDS (how many seeds: default 1, with
+ * --long until the time is up), PCPU_MODEL_SECS (at most that long:
+ * default unlimited, with --long 240 s),
  * PCPU_MODEL_SHRINK_SECS (the shrinking budget per failure),
  * PCPU_MODEL_MODES (a comma list: run only these modes).
  * Development only: PCPU_MODEL_SKIP, a comma list of operation names not
@@ -1452,19 +1453,50 @@ static void do_sum(const struct op *o)
 			break;
 	}
 	uint64_t want = 0;
-	for (int k = 0; k < ny; k++)
-		if (X.yield[k] >= 0 && X.yield[k] < X.nr)
-			want += load_w(model_get(a, X.yield[k]) + o->off, w);
+	char g[32], m[32], ys[256];
+	fmt_list(ys, sizeof(ys), X.yield, ny);
 	got &= wmask(w);
+	fmt_val(g, sizeof(g), o->type, got);
+	/* every index not yielded holds its initial value (here) */
+	if (!++X.stamp_now) {
+		memset(X.stamp, 0, (size_t)X.nr * sizeof(unsigned));
+		X.stamp_now = 1;
+	}
+	for (int k = 0; k < ny; k++)
+		if (X.yield[k] >= 0 && X.yield[k] < X.nr) {
+			X.stamp[X.yield[k]] = X.stamp_now;
+			want += load_w(model_get(a, X.yield[k]) + o->off, w);
+		}
+	uint64_t init = load_w(initial(a) + o->off, w);
+	for (int i = 0; i < X.nr; i++) {
+		if (X.stamp[i] == X.stamp_now || !a->copy[i])
+			continue;
+		uint64_t v = load_w(a->copy[i] + o->off, w);
+		if (v == init)
+			continue;
+		char cv[32], iv[32];
+		fmt_val(cv, sizeof(cv), o->type, v);
+		fmt_val(iv, sizeof(iv), o->type, init);
+		failf(F_SUM, "pcpu_sum = %s misses copy %d = %s (initial %s): "
+			     "index %d is not yielded (yields %s)",
+		      g, i, cv, iv, i, ys);
+		return;
+	}
 	want &= wmask(w);
 	if (got != want) {
-		char g[32], m[32], ys[256];
-		fmt_val(g, sizeof(g), o->type, got);
+		char extra[96] = "";
+		for (int k = 0; k < ny; k++)
+			if (X.yield[k] < 0 || X.yield[k] >= X.nr) {
+				snprintf(extra, sizeof(extra),
+					 "; %d is no index below "
+					 "pcpu_nr_cpu_ids() %d",
+					 X.yield[k], X.nr);
+				break;
+			}
 		fmt_val(m, sizeof(m), o->type, want);
-		fmt_list(ys, sizeof(ys), X.yield, ny);
 		failf(F_SUM, "lib %s, model %s (the model's sum over the yielded "
-			     "indexes %s)",
-		      g, m, ys);
+			     "indexes %s%s)",
+		      g, m, ys, extra);
 	}
 }
 
@@ -2313,16 +2345,32 @@ static bool on_valgrind(void)
 #endif
 }
 
-/* The default suite: every mode once, a few thousand operations each. */
-static int quick_suite(void)
+/*
+ * suite - every mode with one seed after another (each mode its own
+ * seed, derived from the first), until PCPU_MODEL_SEEDS seeds ran or
+ * PCPU_MODEL_SECS passed; a mode that failed is not run again.  The quick
+ * suite (the default): one seed, a few thousand operations a mode, 10 s
+ * of shrinking a failure; --long: 20000 operations a run for 240 s, a
+ * minute of shrinking.
+ */
+static int suite(bool lng)
 {
 	uint64_t seed = first_seed();
-	long steps = quick_steps();
-	double budget = (double)env_long("PCPU_MODEL_SHRINK_SECS", 10);
-	int failed = 0;
-	fprintf(stderr, "test_model: seed %#" PRIx64 " (PCPU_MODEL_SEED), %ld "
-			"operations per mode\n",
-		seed, steps);
+	long steps = lng ? env_long("PCPU_MODEL_STEPS", 20000) : quick_steps();
+	long seeds = env_long("PCPU_MODEL_SEEDS", lng ? 0 : 1);
+	double secs = (double)env_long("PCPU_MODEL_SECS", lng ? 240 : 0);
+	double budget = (double)env_long("PCPU_MODEL_SHRINK_SECS", lng ? 60 : 10);
+	bool failed[NR_MODES] = { false };
+	double end = now_s() + secs;
+	long runs = 0;
+	fprintf(stderr, "test_model%s: seed %#" PRIx64 " (PCPU_MODEL_SEED), %ld "
+			"operations a run (PCPU_MODEL_STEPS)",
+		lng ? " --long" : "", seed, steps);
+	if (seeds)
+		fprintf(stderr, ", %ld seed(s) (PCPU_MODEL_SEEDS)", seeds);
+	if (secs > 0)
+		fprintf(stderr, ", for %.0f s (PCPU_MODEL_SECS)", secs);
+	fprintf(stderr, "\n");
 	if (on_valgrind()) {
 		/* valgrind does not follow exec: one mode in this process:
 		 * 64 CPUs (memcheck takes seconds to map and unmap the 1 GiB
@@ -2350,39 +2398,17 @@ static int quick_suite(void)
 		}
 		return check_done();
 	}
-	for (size_t i = 0; i < NR_MODES; i++) {
-		if (!mode_selected(&modes[i]))
-			continue;
-		int r = drive_one(&modes[i], mix64(seed + i), steps, budget);
-		CHECK(r == 0);
-		failed += r;
-	}
-	return check_done();
-}
-
-/* --long: many seeds, many steps, until the time is up; a mode that
- * failed is not run again. */
-static int long_suite(void)
-{
-	uint64_t seed = first_seed();
-	long steps = env_long("PCPU_MODEL_STEPS", 20000);
-	long seeds = env_long("PCPU_MODEL_SEEDS", 0);
-	double secs = (double)env_long("PCPU_MODEL_SECS", 240);
-	double budget = (double)env_long("PCPU_MODEL_SHRINK_SECS", 60);
-	bool failed[NR_MODES] = { false };
-	double end = now_s() + secs;
-	long runs = 0;
-	fprintf(stderr, "test_model --long: first seed %#" PRIx64 ", %ld "
-			"operations a run, %.0f s%s\n",
-		seed, steps, secs, seeds ? "" : " (PCPU_MODEL_SECS)");
-	for (long k = 0; (!seeds || k < seeds) && now_s() < end; k++) {
+	for (long k = 0; (!seeds || k < seeds) && (secs <= 0 || now_s() < end);
+	     k++) {
 		bool any = false;
-		for (size_t i = 0; i < NR_MODES && now_s() < end; i++) {
+		for (size_t i = 0; i < NR_MODES; i++) {
+			if (secs > 0 && now_s() >= end)
+				break;
 			if (failed[i] || !mode_selected(&modes[i]))
 				continue;
 			any = true;
-			failed[i] = drive_one(&modes[i], mix64(seed + k * 64 + i),
-					      steps, budget) != 0;
+			uint64_t s = mix64(seed + (uint64_t)k * 64 + i);
+			failed[i] = drive_one(&modes[i], s, steps, budget) != 0;
 			runs++;
 		}
 		if (!any)
@@ -2393,8 +2419,8 @@ static int long_suite(void)
 		CHECK(!failed[i]);
 		nf += failed[i];
 	}
-	fprintf(stderr, "test_model --long: %ld runs, %d mode(s) failed\n",
-		runs, nf);
+	fprintf(stderr, "test_model: %ld run(s), %d mode(s) failed\n", runs,
+		nf);
 	return check_done();
 }
 
@@ -2466,7 +2492,7 @@ int main(int argc, char **argv)
 	REQUIRE(mkdtemp(tmpdir));
 	int rc;
 	if (lng) {
-		rc = long_suite();
+		rc = suite(true);
 	} else if (ra.mode || have_seed) {
 		if (!ra.mode)
 			usage();
@@ -2503,7 +2529,7 @@ int main(int argc, char **argv)
 			rc = drive_one(ra.mode, ra.seed, ra.steps, budget);
 		}
 	} else {
-		rc = quick_suite();
+		rc = suite(false);
 	}
 	char path[300];
 	snprintf(path, sizeof(path), "%s/result", tmpdir);
