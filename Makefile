@@ -3,6 +3,8 @@
 #   make demo    build, then run the short tour (prints a table)
 #   make check   build and run every test: release (and valgrind memcheck),
 #                ASan+UBSan, ThreadSanitizer, the fuzzers, an aarch64 build
+#   make check-model-long   the model-based test (tests/test_model.c) with
+#                many seeds and steps for a few minutes (not in `check`)
 #
 # Both install the Debian packages they need first (scripts/deps.sh).
 
@@ -14,7 +16,7 @@ CTEST     := ctest --output-on-failure -j$(JOBS)
 
 .PHONY: all demo check deps deps-check build build-asan build-tsan \
 	check-release check-valgrind check-asan check-tsan check-fuzz \
-	check-aarch64 check-install bench install clean
+	check-aarch64 check-install check-model-long bench install clean
 
 all: build
 
@@ -60,6 +62,14 @@ check-asan: build-asan
 
 check-tsan: build-tsan
 	cd $(BUILD)/tsan && TSAN_OPTIONS=halt_on_error=1 $(CTEST)
+
+# The model-based differential test, long: every mode, a new seed after
+# another, 20000 operations each, for MODEL_SECS seconds; a failure is
+# shrunk for up to a minute.  PCPU_MODEL_STEPS, PCPU_MODEL_SEEDS,
+# PCPU_MODEL_SEED, PCPU_MODEL_MODES adjust it (tests/test_model.c).
+MODEL_SECS ?= 240
+check-model-long: build
+	PCPU_MODEL_SECS=$(MODEL_SECS) $(BUILD)/release/test_model --long
 
 # libFuzzer targets (clang), each run for FUZZ_SECS seconds.
 check-fuzz: deps-check
