@@ -451,6 +451,11 @@ static int populate_cached(int idx, const char *p, size_t size)
 	uintptr_t hi = (dst + size + page - 1) & ~(page - 1);
 	if (pop_lo && lo >= pop_lo[idx] && hi <= pop_hi[idx])
 		return 0;
+	struct pcpu_chunk *c = _pcpu_chunk_find(p);
+	size_t off = c ? (size_t)(p - c->base) : 0;
+	if (c && _pcpu_backed_all(c, idx, (uint32_t)(off / page),
+				  (uint32_t)((off + size - 1) / page)))
+		return 0; /* holds data already: nothing to back */
 	if (_pcpu_os_populate((void *)lo, hi - lo))
 		return -ENOMEM;
 	mark_backed(p, idx, size);
