@@ -445,6 +445,44 @@ void _pcpu_slow_exit(int idx, int ticket)
 	_pcpu_index_exit(idx, ticket);
 }
 
+/* pcpu_get_cpu_ptr: the thread's mask before its outermost get, and
+ * whether it was pinned. */
+static __thread cpu_set_t tls_get_mask;
+static __thread bool tls_get_pinned;
+static __thread int tls_get_depth;
+
+void *pcpu__get_cpu_ptr(const void *p)
+{
+	_pcpu_ensure_init();
+	if (tls_get_depth++ == 0 && tls_sim_cpu < 0) {
+		int cpu = sched_getcpu();
+		tls_get_pinned = false;
+		if (cpu >= 0 &&
+		    !sched_getaffinity(0, sizeof(tls_get_mask), &tls_get_mask)) {
+			cpu_set_t one;
+			CPU_ZERO(&one);
+			CPU_SET(cpu, &one);
+			tls_get_pinned = !sched_setaffinity(0, sizeof(one), &one);
+		}
+	}
+	bool unreg;
+	int idx = raw_index(&unreg);
+	_pcpu_index_use(idx, true);
+	return pcpu__copy(p, idx);
+}
+
+void pcpu__put_cpu_ptr(const void *p)
+{
+	if (tls_get_depth <= 0) {
+		_pcpu_report("pcpu_put_cpu_ptr without pcpu_get_cpu_ptr", p);
+		return;
+	}
+	if (--tls_get_depth == 0 && tls_get_pinned) {
+		sched_setaffinity(0, sizeof(tls_get_mask), &tls_get_mask);
+		tls_get_pinned = false;
+	}
+}
+
 void *pcpu__ptr_slow(const void *p, int cpu)
 {
 	_pcpu_ensure_init();

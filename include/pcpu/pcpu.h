@@ -133,19 +133,59 @@ enum pcpu_index_mode pcpu_index_mode(void);
 /* The path in effect for operations of the calling thread. */
 enum pcpu_path pcpu_path(void);
 
-/* Number of CPU ids (possible CPUs, or the simulated count). */
+/* Number of CPU ids (possible CPUs, or the simulated count): every index
+ * 0..pcpu_nr_cpu_ids()-1 has a copy. */
 int pcpu_nr_cpu_ids(void);
-/* The calling thread's CPU (or concurrency id, or simulated CPU). */
+/* The calling thread's index: its CPU (or concurrency id, or simulated
+ * CPU), always 0..pcpu_nr_cpu_ids()-1.  A snapshot: the thread may move
+ * right after. */
 int pcpu_this_cpu(void);
 /*
- * pcpu_cpu_next - the next index after @cpu (-1 to start) whose copies can
- * be non-zero, or -1 at the end.  Yields CPUs that have run libpcpu
- * operations; its last value may be pcpu_nr_cpu_ids(), the shared slot
- * that collects operations of CPUs that could not be made ready.
+ * pcpu_cpu_next - the next index after @cpu (-1 to start) in use, or -1
+ * at the end.  An index comes into use the first time anything reaches
+ * one of its copies (an operation of a thread running there, pcpu_ptr,
+ * a counter or a reference) and leaves only when the library releases a
+ * CPU that went offline with nothing left in it: every copy that can
+ * differ from its initial value is yielded.  pcpu_for_each_cpu walks
+ * them; pcpu_sum adds them up.
  */
 int pcpu_cpu_next(int cpu);
 #define pcpu_for_each_cpu(cpu)                                                 \
 	for ((cpu) = pcpu_cpu_next(-1); (cpu) >= 0; (cpu) = pcpu_cpu_next(cpu))
+/* Every index (the kernel's for_each_possible_cpu).  Reaching each one's
+ * copy through pcpu_ptr keeps them all in use: sums and frees then visit
+ * them all. */
+#define pcpu_for_each_possible_cpu(cpu)                                        \
+	for ((cpu) = 0; (cpu) < pcpu_nr_cpu_ids(); (cpu)++)
+/* The next online CPU after @cpu (-1 to start), as libpcpu last saw them
+ * (sysfs online, or the simulated machine), or -1 at the end. */
+int pcpu_cpu_next_online(int cpu);
+#define pcpu_for_each_online_cpu(cpu)                                          \
+	for ((cpu) = pcpu_cpu_next_online(-1); (cpu) >= 0;                     \
+	     (cpu) = pcpu_cpu_next_online(cpu))
+
+/*
+ * pcpu_get_cpu_ptr, pcpu_put_cpu_ptr - this CPU's copy of @p for a short
+ * sequence, like the kernel's get_cpu_ptr/put_cpu_ptr.  What it does in
+ * user space: get pins the calling thread to the CPU it runs on
+ * (sched_setaffinity; the thread's own mask comes back at put; pairs
+ * nest) and returns that CPU's copy, whose index stays in use for good
+ * (as pcpu_ptr).  What it cannot do: disable preemption.  Between get and
+ * put the thread stays on that CPU, but other threads may run there in
+ * between and change the same copy with their own operations.  So an
+ * update through the pointer is safe with one atomic instruction
+ * (__atomic_fetch_add and friends) or with the pcpu_ operations, not as
+ * a plain read-modify-write; plain reads see this CPU's copy.  With
+ * PCPU_INDEX=cid the index is a concurrency id, which pinning does not
+ * fix: the pointer is the copy of the id the thread had at get.  In
+ * simulation the simulated CPU is used and nothing is pinned.  A failed
+ * pin (a cpuset that forbids it) leaves the thread where it was: the
+ * pointer is then a snapshot, as pcpu_this_cpu().
+ */
+void *pcpu__get_cpu_ptr(const void *p);
+void pcpu__put_cpu_ptr(const void *p);
+#define pcpu_get_cpu_ptr(p) ((__typeof__(p))pcpu__get_cpu_ptr(p))
+#define pcpu_put_cpu_ptr(p) pcpu__put_cpu_ptr(p)
 
 /* ------------------------------------------------------------------ */
 /* Simulation: behave as a machine of many CPUs (tests, benchmarks)    */
