@@ -1105,8 +1105,9 @@ static void pend(char *obj, struct pageset *ps)
  * its objects).  Objects those threads had in flight (popped and not yet
  * marked handed out, or being freed) would be lost: they go back to
  * their free sets, zeroed, so that the invariants hold in the child.
- * Pended objects stay pended (the fork held pend_lock and clean_lock, so
- * each is in the list).  Costs one pass over the pagesets.
+ * Pended objects are zeroed and given back the same way (a free may have
+ * marked one and not listed it yet): the list starts empty.  Costs one
+ * pass over the pagesets.
  */
 static void cache_atfork_child(void)
 {
@@ -1115,6 +1116,7 @@ static void cache_atfork_child(void)
 
 	pthread_mutex_init(&pend_lock, NULL);
 	pthread_mutex_init(&clean_lock, NULL);
+	nr_pend = 0;
 	for (int i = 0; i < nr_cache_list; i++) {
 		struct cache_cpu *cc = caches[cache_list[i]];
 		cc->lock = 0;
@@ -1146,7 +1148,8 @@ static void cache_atfork_child(void)
 					};
 					if (*v == STATE_CACHED) {
 						*v = 0;
-					} else if ((*v == 0 || *v == STATE_FREEING) &&
+					} else if ((*v == 0 || *v == STATE_FREEING ||
+						    *v == STATE_PENDING) &&
 						   !((ps->free_map[i / 64] >>
 						      (i % 64)) & 1)) {
 						zero_backed(ps, pair[0],
