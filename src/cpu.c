@@ -135,7 +135,7 @@ static void atfork_parent(void)
 
 static void atfork_child(void)
 {
-	pthread_mutex_init(&tid_lock, NULL);
+	pthread_mutex_unlock(&tid_lock);
 	_pcpu_index_atfork_child();
 	_pcpu_initval_atfork_child();
 	_pcpu_chunk_atfork_child();

@@ -136,7 +136,7 @@ static void set_state(int k, uint32_t s)
  * the flags.  Context: ix_lock held. */
 static void sync_bytes(int k)
 {
-	uint32_t s = st[k];
+	uint32_t s = load_st(k);
 	bool ok = in_use(s) && (s & IX_READY) && !(s & IX_DEMOTING) &&
 		  _pcpu_g.path == PCPU_PATH_RSEQ;
 	if (__atomic_load_n(&pcpu__ok[k], __ATOMIC_RELAXED) != ok)
@@ -210,23 +210,42 @@ static void gate_wait(int k)
 
 /* ---- promotion and demotion (ix_lock held) ---- */
 
+/* Flags change with atomic RMW: a writer may CAS the state meanwhile. */
+static void flags_on(int k, uint32_t f)
+{
+	__atomic_fetch_or(&st[k], f, __ATOMIC_SEQ_CST);
+}
+
+static void flags_off(int k, uint32_t f)
+{
+	__atomic_fetch_and(&st[k], ~f, __ATOMIC_SEQ_CST);
+}
+
 static void promote_locked(int k)
 {
-	uint32_t s = st[k];
+	uint32_t s = load_st(k);
 	if (!in_use(s) || (s & (IX_READY | IX_DEMOTING)) ||
 	    !_pcpu_hotplug_may_ready(k))
 		return;
-	set_state(k, s | IX_READY);
+	flags_on(k, IX_READY);
 	if (_pcpu_g.path == PCPU_PATH_RSEQ)
 		gate_wait(k);
 	sync_bytes(k);
 }
 
-/* Fences the sections that may run on index @k: CPU @k's, or every
- * CPU's where an index is not a CPU.  A few tries. */
+/*
+ * Fences the sections that may run on index @k: CPU @k's; every CPU's
+ * where an index is not a CPU, or where counters commit sections on
+ * slots by mm_cid (their pcpu__ok entries are the CPUs': a thread with
+ * mm_cid k may run on any CPU).  A few tries.
+ */
 static int fence_index(int k)
 {
-	int cpu = _pcpu_g.index_mode == PCPU_INDEX_CPU ? k : -1;
+	int cpu = _pcpu_g.index_mode == PCPU_INDEX_CPU &&
+				  !__atomic_load_n(&pcpu__fast.cid_nr,
+						   __ATOMIC_ACQUIRE)
+			  ? k
+			  : -1;
 	for (int i = 0; i < 3; i++)
 		if (!_pcpu_os_rseq_fence(cpu))
 			return 0;
@@ -239,22 +258,21 @@ static int fence_index(int k)
 /* Returns 0, or -EAGAIN when the fence failed (k stays READY). */
 static int demote_locked(int k)
 {
-	uint32_t s = st[k];
-	if (!(s & IX_READY))
+	if (!(load_st(k) & IX_READY))
 		return 0;
 	if (_pcpu_g.path != PCPU_PATH_RSEQ) {
-		set_state(k, s & ~IX_READY);
+		flags_off(k, IX_READY);
 		sync_bytes(k);
 		return 0;
 	}
-	set_state(k, s | IX_DEMOTING);
+	flags_on(k, IX_DEMOTING);
 	sync_bytes(k); /* pcpu__ok[k] = 0 */
 	if (fence_index(k)) {
-		set_state(k, s);
+		flags_off(k, IX_DEMOTING);
 		sync_bytes(k);
 		return -EAGAIN;
 	}
-	set_state(k, st[k] & ~(IX_READY | IX_DEMOTING));
+	flags_off(k, IX_READY | IX_DEMOTING);
 	sync_bytes(k);
 	return 0;
 }
@@ -277,11 +295,15 @@ static int use(int k, bool pin, bool ctx)
 	sig_block(&old);
 	pthread_mutex_lock(&ix_lock);
 	for (;;) {
-		uint32_t s = st[k];
+		uint32_t s = load_st(k);
 		unsigned int phase = state_of(s);
 		if (phase == IX_INUSE || phase == IX_RELEASING) {
-			s = (s & ~IX_MASK) | IX_INUSE | (pin ? IX_PINNED : 0);
-			set_state(k, s);
+			uint32_t want = (s & ~IX_MASK) | IX_INUSE |
+					(pin ? IX_PINNED : 0);
+			if (!__atomic_compare_exchange_n(&st[k], &s, want, false,
+							 __ATOMIC_SEQ_CST,
+							 __ATOMIC_SEQ_CST))
+				continue; /* a writer called a release off */
 			sync_bytes(k);
 			break;
 		}
@@ -319,7 +341,7 @@ static int use(int k, bool pin, bool ctx)
 		sync_bytes(k);
 		promote_locked(k);
 		pthread_cond_broadcast(&ix_cv);
-		note = !ctx && !(st[k] & IX_READY);
+		note = !ctx && !(load_st(k) & IX_READY);
 		break;
 	}
 	pthread_mutex_unlock(&ix_lock);
@@ -484,13 +506,13 @@ int _pcpu_index_release(int k)
 
 	sig_block(&old);
 	pthread_mutex_lock(&ix_lock);
-	uint32_t s = st[k];
+	uint32_t s = load_st(k);
 	if (state_of(s) != IX_INUSE || (s & (IX_READY | IX_DEMOTING | IX_PINNED))) {
 		pthread_mutex_unlock(&ix_lock);
 		sig_restore(&old);
 		return -EBUSY;
 	}
-	set_state(k, (s & ~IX_MASK) | IX_RELEASING);
+	set_state(k, (s & ~IX_MASK) | IX_RELEASING); /* from INUSE: no CAS */
 	pthread_mutex_unlock(&ix_lock);
 	gate_wait(k); /* writers that saw INUSE have finished */
 	_pcpu_cache_clean_pending(); /* freed objects still to be zeroed */
@@ -513,14 +535,21 @@ int _pcpu_index_release(int k)
 			r = -ENOMEM;
 		}
 		pthread_mutex_lock(&ix_lock);
-		s = st[k];
-		if (snap && state_of(s) == IX_RELEASING) {
-			set_state(k, (s & ~IX_MASK) | IX_DISCARDING);
+		s = load_st(k);
+		/* a CAS: a writer may turn RELEASING back at any moment */
+		if (snap && state_of(s) == IX_RELEASING &&
+		    __atomic_compare_exchange_n(&st[k], &s,
+						(s & ~IX_MASK) | IX_DISCARDING,
+						false, __ATOMIC_SEQ_CST,
+						__ATOMIC_SEQ_CST)) {
 			used_off(k);
 			sync_bytes(k);
 		} else {
+			s = load_st(k);
 			if (state_of(s) == IX_RELEASING)
-				set_state(k, (s & ~IX_MASK) | IX_INUSE);
+				__atomic_compare_exchange_n(
+					&st[k], &s, (s & ~IX_MASK) | IX_INUSE,
+					false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 			free(snap);
 			snap = NULL;
 		}
@@ -530,9 +559,12 @@ int _pcpu_index_release(int k)
 		pthread_mutex_unlock(&_pcpu_alloc_lock);
 	} else {
 		pthread_mutex_lock(&ix_lock);
-		s = st[k];
+		s = load_st(k);
 		if (state_of(s) == IX_RELEASING)
-			set_state(k, (s & ~IX_MASK) | IX_INUSE);
+			__atomic_compare_exchange_n(&st[k], &s,
+						    (s & ~IX_MASK) | IX_INUSE, false,
+						    __ATOMIC_SEQ_CST,
+						    __ATOMIC_SEQ_CST);
 		pthread_mutex_unlock(&ix_lock);
 	}
 	if (snap) {
@@ -566,7 +598,7 @@ int _pcpu_index_clean_dirty(int k)
 	sigset_t old;
 	sig_block(&old);
 	pthread_mutex_lock(&ix_lock);
-	uint32_t s = st[k];
+	uint32_t s = load_st(k);
 	bool dirty = state_of(s) == IX_ABSENT && (s & IX_DIRTY);
 	if (dirty)
 		set_state(k, IX_FILLING); /* owned while discarding */
@@ -646,7 +678,7 @@ void _pcpu_index_atfork_child(void)
 	sigset_t old = fork_sigs;
 	for (int k = 0; k < _pcpu_g.nr_ids; k++) {
 		gates[k].n[0] = gates[k].n[1] = 0;
-		uint32_t s = st[k];
+		uint32_t s = load_st(k);
 		switch (state_of(s)) {
 		case IX_FILLING:
 			if (!pthread_equal(filler[k], pthread_self())) {
@@ -664,7 +696,7 @@ void _pcpu_index_atfork_child(void)
 	}
 	tls_gate_depth = 0;
 	pthread_cond_init(&ix_cv, NULL);
-	pthread_mutex_init(&ix_lock, NULL);
+	pthread_mutex_unlock(&ix_lock); /* this thread took it to fork */
 	sig_restore(&old);
 }
 
@@ -684,7 +716,7 @@ int _pcpu_index_validate(void)
 	sig_block(&old);
 	pthread_mutex_lock(&ix_lock);
 	for (k = 0; k < _pcpu_g.nr_ids && !bad; k++) {
-		uint32_t s = st[k];
+		uint32_t s = load_st(k);
 		bool used = _pcpu_cpuset_test(&_pcpu_g.used, k);
 		bool ok = pcpu__ok[k], ptrok = pcpu__ptrok[k];
 		if (used != in_use(s))
