@@ -203,8 +203,13 @@ PCPU__DEFINE_TYPE(ull, unsigned long long, 64)
 
 /* Add @v to the calling CPU's copy of *@p. */
 #define pcpu_add(p, v) PCPU__GENERIC(add, p)((p), (v))
-/* Subtract @v from the calling CPU's copy. */
-#define pcpu_sub(p, v) PCPU__GENERIC(add, p)((p), -(v))
+/* Subtract @v from the calling CPU's copy: add -(typeof(*p))v, as the
+ * kernel's this_cpu_sub (-(v) in v's own type would add 4294967295 to an
+ * unsigned long for v = 1u), negated as unsigned long long so that no
+ * signed negation can overflow. */
+#define pcpu_sub(p, v)                                                         \
+	PCPU__GENERIC(add, p)                                                  \
+	((p), (__typeof__(*(p)))(0ULL - (unsigned long long)(__typeof__(*(p)))(v)))
 #define pcpu_inc(p) PCPU__GENERIC(add, p)((p), 1)
 #define pcpu_dec(p) PCPU__GENERIC(add, p)((p), -1)
 /* Store @v into the calling CPU's copy. */
