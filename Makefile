@@ -88,7 +88,7 @@ check-fuzz: deps-check
 # The rseq critical sections for aarch64 must at least compile.
 check-aarch64: deps-check
 	@mkdir -p $(BUILD)/aarch64
-	@for f in src/*.c tests/test_ops.c; do \
+	@for f in src/*.c tests/test_ops.c tests/test_this_cpu.c; do \
 		aarch64-linux-gnu-gcc -std=gnu11 -O2 -Wall -Wextra -Werror \
 			-Wno-unused-parameter -Iinclude -Isrc -Itests -c $$f \
 			-o $(BUILD)/aarch64/$$(basename $$f .c).o || exit 1; \

@@ -4,7 +4,9 @@
  * ns per operation, for 1 thread and for 2 threads pinned to different
  * CPUs, of: pcpu_add in each mode (rseq by CPU, rseq by concurrency id,
  * the fallback without rseq; the last two in child processes started with
- * PCPU_INDEX=cid and GLIBC_TUNABLES=glibc.pthread.rseq=0), a thread-local
+ * PCPU_INDEX=cid and GLIBC_TUNABLES=glibc.pthread.rseq=0), pcpu_add_return
+ * and pcpu_xchg in this process's mode (their sections load, then
+ * store, where pcpu_add's commits with one add on memory), a thread-local
  * plain increment (the floor), one shared atomic counter, a LongAdder-style
  * striped counter, and sched_getcpu() + an atomic add on that CPU's slot.
  * Targets (issue 2): pcpu_add within 1.5x of the floor with 1 thread, and
@@ -22,6 +24,8 @@
 #include "pcpu/pcpu.h"
 
 static long *pcounter;
+static long *pret, *pswap; /* pcpu_add_return, pcpu_xchg */
+static __thread long tl_sink;
 static __thread long tl_counter;
 static struct {
 	long v;
@@ -41,6 +45,22 @@ static void op_pcpu(void)
 		pcpu_add(pcounter, 1L);
 }
 
+static void op_pcpu_add_return(void)
+{
+	long s = 0;
+	for (long i = 0; i < bench_iters; i++)
+		s += pcpu_add_return(pret, 1L);
+	tl_sink = s;
+}
+
+static void op_pcpu_xchg(void)
+{
+	long v = 1;
+	for (long i = 0; i < bench_iters; i++)
+		v = pcpu_xchg(pswap, v) + 1;
+	tl_sink = v;
+}
+
 static void op_getcpu(void)
 {
 	for (long i = 0; i < bench_iters; i++)
@@ -58,6 +78,8 @@ static void setup(void)
 	bench_iters = bench_quick ? 2000000 : 50000000;
 	bench_pick_cpus();
 	pcounter = pcpu_alloc(sizeof(long), 0);
+	pret = pcpu_alloc(sizeof(long), 0);
+	pswap = pcpu_alloc(sizeof(long), 0);
 }
 
 /* Child mode: print "ns1 ns2 path" for pcpu_add in this process's mode. */
@@ -111,6 +133,9 @@ int bench_ops(int argc, char **argv)
 	double p1 = measure(op_pcpu, 1), p2 = measure(op_pcpu, 2);
 	double s1 = measure(bench_op_striped, 1), s2 = measure(bench_op_striped, 2);
 	double g1 = measure(op_getcpu, 1), g2 = measure(op_getcpu, 2);
+	double r1 = measure(op_pcpu_add_return, 1);
+	double r2 = measure(op_pcpu_add_return, 2);
+	double x1 = measure(op_pcpu_xchg, 1), x2 = measure(op_pcpu_xchg, 2);
 	long sum = pcpu_sum(pcounter);
 	long want = 3 * 3 * bench_iters; /* 3 reps x (1 + 2 threads) */
 
@@ -128,6 +153,10 @@ int bench_ops(int argc, char **argv)
 	child_row("pcpu_add, PCPU_INDEX=cid", "PCPU_INDEX=cid", f1, a2, &c1, &c2);
 	child_row("pcpu_add, no rseq (fallback)",
 		  "GLIBC_TUNABLES=glibc.pthread.rseq=0", f1, a2, &n1, &n2);
+	snprintf(label, sizeof(label), "pcpu_add_return [%s]", path);
+	row(label, r1, r2, f1, a2);
+	snprintf(label, sizeof(label), "pcpu_xchg [%s]", path);
+	row(label, x1, x2, f1, a2);
 	row("shared atomic_fetch_add", a1, a2, f1, a2);
 	row("LongAdder-style striped CAS", s1, s2, f1, a2);
 	row("sched_getcpu + atomic add", g1, g2, f1, a2);

@@ -96,6 +96,15 @@ static void test_types(void)
 	pcpu_inc(w);
 	CHECK(pcpu_sum(w) == 0);
 	pcpu_free(w);
+
+	/* pcpu_sub converts the value to the type of *p, then negates it,
+	 * as this_cpu_sub does: -(1u) would be +4294967295 */
+	unsigned long *ul = pcpu_alloc(sizeof(*ul), 0);
+	REQUIRE(ul);
+	pcpu_add(ul, 5UL);
+	pcpu_sub(ul, 1u);
+	CHECK(pcpu_sum(ul) == 4UL);
+	pcpu_free(ul);
 	unpin_self();
 }
 

@@ -5,16 +5,16 @@
  * the calling thread's index (CPU number or concurrency id) from its rseq
  * area, checks that the index may use the fast path (pcpu__ok[idx], which
  * the library clears before it fences a CPU or switches the process to the
- * atomic path), then commits with a single non-atomic instruction inside
- * an rseq critical section that re-checks both the index and pcpu__ok[idx].
+ * atomic path), then commits with a single non-atomic instruction (a store,
+ * or an add/and/or on memory) inside an rseq critical section that
+ * re-checks both the index and pcpu__ok[idx]; the loads before it (the old
+ * value of xchg, cmpxchg, add_return) are inside the same section.
  * Anything else (no rseq, simulation, a CPU not yet ready, before
  * initialisation) leaves through one unlikely branch to an out-of-line
  * slow path that uses atomic read-modify-write instead.
  *
- * The type-generic macros accept pointers to int, unsigned int, long,
- * unsigned long, long long and unsigned long long (so int32_t, uint32_t,
- * int64_t, uint64_t, size_t and friends), const-qualified for reads.
- * Arithmetic wraps like unsigned arithmetic of the same width.
+ * The operations are the kernel's this_cpu_* operations (see "The
+ * operations" below for the types they take).
  */
 #ifndef PCPU_OPS_H
 #define PCPU_OPS_H
@@ -54,15 +54,27 @@ extern unsigned char pcpu__ok[PCPU__OK_SIZE];
  * the library (same layout). */
 extern unsigned char pcpu__ptrok[PCPU__OK_SIZE];
 
-/* Out-of-line slow paths (src/cpu.c). */
-void pcpu__add_slow32(void *p, uint32_t v);
-void pcpu__add_slow64(void *p, uint64_t v);
-void pcpu__write_slow32(void *p, uint32_t v);
-void pcpu__write_slow64(void *p, uint64_t v);
-uint32_t pcpu__read_slow32(const void *p);
-uint64_t pcpu__read_slow64(const void *p);
-uint32_t pcpu__sum32(const void *p);
-uint64_t pcpu__sum64(const void *p);
+/*
+ * Out-of-line slow paths, one per operation and width W (8, 16, 32, 64):
+ * src/cpu.c has add, write, read and sum for 32 and 64 bits, src/ops.c
+ * the rest.  They take and return the value as the W-bit unsigned
+ * integer; the macros below convert from and to the caller's type.
+ */
+#define PCPU__DECLARE_SLOW(W)                                                  \
+	void pcpu__add_slow##W(void *p, uint##W##_t v);                        \
+	void pcpu__write_slow##W(void *p, uint##W##_t v);                      \
+	void pcpu__and_slow##W(void *p, uint##W##_t v);                        \
+	void pcpu__or_slow##W(void *p, uint##W##_t v);                         \
+	uint##W##_t pcpu__add_return_slow##W(void *p, uint##W##_t v);          \
+	uint##W##_t pcpu__xchg_slow##W(void *p, uint##W##_t v);                \
+	uint##W##_t pcpu__cmpxchg_slow##W(void *p, uint##W##_t old,            \
+					  uint##W##_t nv);                     \
+	uint##W##_t pcpu__read_slow##W(const void *p);                         \
+	uint##W##_t pcpu__sum##W(const void *p);
+PCPU__DECLARE_SLOW(8)
+PCPU__DECLARE_SLOW(16)
+PCPU__DECLARE_SLOW(32)
+PCPU__DECLARE_SLOW(64)
 void *pcpu__ptr_slow(const void *p, int cpu);
 
 #if defined(__x86_64__) && !defined(PCPU_NO_RSEQ)
@@ -108,28 +120,63 @@ static inline void *pcpu__copy(const void *p, int idx)
 	return (char *)p + ((size_t)idx << pcpu__fast.shift);
 }
 
+/*
+ * The fast paths of one width W, on the W-bit unsigned integer.  Each
+ * tries the rseq section of the calling thread's index until it commits,
+ * and goes to the slow path when the index may not use the fast path (or
+ * stops being allowed to after an abort).
+ */
+
+/* An operation that returns nothing: add, write, and, or. */
+#define PCPU__DEFINE_VOID_OP(op, W)                                            \
+	static inline void pcpu__##op##W(void *p, uint##W##_t v)               \
+	{                                                                      \
+		int idx;                                                       \
+		while ((idx = pcpu__fast_index()) >= 0) {                      \
+			if (pcpu__likely(pcpu__arch_##op##W(                   \
+				    (uint##W##_t *)pcpu__copy(p, idx), v, idx, \
+				    pcpu__fast.idx_tpoff) == 0))               \
+				return;                                        \
+		}                                                              \
+		pcpu__##op##_slow##W(p, v);                                    \
+	}
+
+/* An operation that returns a value its section read or computed:
+ * add_return (the new value), xchg (the old one). */
+#define PCPU__DEFINE_RET_OP(op, W)                                             \
+	static inline uint##W##_t pcpu__##op##W(void *p, uint##W##_t v)        \
+	{                                                                      \
+		int idx;                                                       \
+		uint##W##_t r;                                                 \
+		while ((idx = pcpu__fast_index()) >= 0) {                      \
+			if (pcpu__likely(pcpu__arch_##op##W(                   \
+				    (uint##W##_t *)pcpu__copy(p, idx), v, &r,  \
+				    idx, pcpu__fast.idx_tpoff) == 0))          \
+				return r;                                      \
+		}                                                              \
+		return pcpu__##op##_slow##W(p, v);                             \
+	}
+
 #define PCPU__DEFINE_WIDTH(W)                                                  \
-	static inline void pcpu__add##W(void *p, uint##W##_t v)                \
+	PCPU__DEFINE_VOID_OP(add, W)                                           \
+	PCPU__DEFINE_VOID_OP(write, W)                                         \
+	PCPU__DEFINE_VOID_OP(and, W)                                           \
+	PCPU__DEFINE_VOID_OP(or, W)                                            \
+	PCPU__DEFINE_RET_OP(add_return, W)                                     \
+	PCPU__DEFINE_RET_OP(xchg, W)                                           \
+	/* The value found; @nv was stored only if it equals @old. */          \
+	static inline uint##W##_t pcpu__cmpxchg##W(void *p, uint##W##_t old,   \
+						   uint##W##_t nv)             \
 	{                                                                      \
 		int idx;                                                       \
+		uint##W##_t r;                                                 \
 		while ((idx = pcpu__fast_index()) >= 0) {                      \
-			if (pcpu__likely(pcpu__arch_add##W(                    \
-				    (uint##W##_t *)pcpu__copy(p, idx), v, idx, \
-				    pcpu__fast.idx_tpoff) == 0))               \
-				return;                                        \
+			if (pcpu__likely(pcpu__arch_cmpxchg##W(                \
+				    (uint##W##_t *)pcpu__copy(p, idx), old,    \
+				    nv, &r, idx, pcpu__fast.idx_tpoff) == 0))  \
+				return r;                                      \
 		}                                                              \
-		pcpu__add_slow##W(p, v);                                       \
-	}                                                                      \
-	static inline void pcpu__write##W(void *p, uint##W##_t v)              \
-	{                                                                      \
-		int idx;                                                       \
-		while ((idx = pcpu__fast_index()) >= 0) {                      \
-			if (pcpu__likely(pcpu__arch_write##W(                  \
-				    (uint##W##_t *)pcpu__copy(p, idx), v, idx, \
-				    pcpu__fast.idx_tpoff) == 0))               \
-				return;                                        \
-		}                                                              \
-		pcpu__write_slow##W(p, v);                                     \
+		return pcpu__cmpxchg_slow##W(p, old, nv);                      \
 	}                                                                      \
 	static inline uint##W##_t pcpu__read##W(const void *p)                 \
 	{                                                                      \
@@ -141,74 +188,190 @@ static inline void *pcpu__copy(const void *p, int idx)
 		return pcpu__read_slow##W(p);                                  \
 	}
 
+PCPU__DEFINE_WIDTH(8)
+PCPU__DEFINE_WIDTH(16)
 PCPU__DEFINE_WIDTH(32)
 PCPU__DEFINE_WIDTH(64)
 
-/* Per-type wrappers, so the macros keep the caller's type. */
-#define PCPU__DEFINE_TYPE(name, T, W)                                          \
-	static inline void pcpu__add_##name(T *p, T v)                         \
-	{                                                                      \
-		pcpu__add##W((void *)p, (uint##W##_t)v);                       \
-	}                                                                      \
-	static inline void pcpu__write_##name(T *p, T v)                       \
-	{                                                                      \
-		pcpu__write##W((void *)p, (uint##W##_t)v);                     \
-	}                                                                      \
-	static inline T pcpu__read_##name(const T *p)                          \
-	{                                                                      \
-		return (T)pcpu__read##W((const void *)p);                      \
-	}                                                                      \
-	static inline T pcpu__sum_##name(const T *p)                           \
-	{                                                                      \
-		return (T)pcpu__sum##W((const void *)p);                       \
-	}
-
-_Static_assert(sizeof(int) == 4 && sizeof(long) == 8,
+_Static_assert(sizeof(int) == 4 && sizeof(long) == 8 && sizeof(void *) == 8,
 	       "libpcpu needs an LP64 target");
-PCPU__DEFINE_TYPE(i, int, 32)
-PCPU__DEFINE_TYPE(u, unsigned int, 32)
-PCPU__DEFINE_TYPE(l, long, 64)
-PCPU__DEFINE_TYPE(ul, unsigned long, 64)
-PCPU__DEFINE_TYPE(ll, long long, 64)
-PCPU__DEFINE_TYPE(ull, unsigned long long, 64)
 
-#define PCPU__GENERIC(op, p)                                                   \
-	_Generic((p),                                                          \
-		int *: pcpu__##op##_i,                                         \
-		unsigned int *: pcpu__##op##_u,                                \
-		long *: pcpu__##op##_l,                                        \
-		unsigned long *: pcpu__##op##_ul,                              \
-		long long *: pcpu__##op##_ll,                                  \
-		unsigned long long *: pcpu__##op##_ull)
+/*
+ * The type-generic layer.  The width comes from sizeof(*p), the value
+ * type from __typeof__(*p): a value is converted to the type of *p first
+ * (as the kernel's macros do), then to the W-bit unsigned integer; a
+ * result is converted back, so every macro returns the type of *p.
+ * Conversions go through uintptr_t so that pointers and integers of any
+ * width pass without warnings in the branches not taken.  For a type the
+ * checks below reject, PCPU__T is long, so that their message is the only
+ * error.
+ */
+#define PCPU__T(p)                                                             \
+	__typeof__(__builtin_choose_expr(PCPU__IS_VALUE(p), *(p), 0L))
+#define PCPU__IN(W, p, v) ((uint##W##_t)(uintptr_t)(PCPU__T(p))(v))
+#define PCPU__OUT(p, x) ((PCPU__T(p))(uintptr_t)(x))
 
-#define PCPU__GENERIC_CONST(op, p)                                             \
-	_Generic((p),                                                          \
-		int *: pcpu__##op##_i,                                         \
-		unsigned int *: pcpu__##op##_u,                                \
-		long *: pcpu__##op##_l,                                        \
-		unsigned long *: pcpu__##op##_ul,                              \
-		long long *: pcpu__##op##_ll,                                  \
-		unsigned long long *: pcpu__##op##_ull,                        \
-		const int *: pcpu__##op##_i,                                   \
-		const unsigned int *: pcpu__##op##_u,                          \
-		const long *: pcpu__##op##_l,                                  \
-		const unsigned long *: pcpu__##op##_ul,                        \
-		const long long *: pcpu__##op##_ll,                            \
-		const unsigned long long *: pcpu__##op##_ull)
+/* m(W, ...) for the width of *@p: only that branch is evaluated. */
+#define PCPU__SIZED(p, m, ...)                                                 \
+	__builtin_choose_expr(                                                 \
+		sizeof(*(p)) == 1, m(8, __VA_ARGS__),                          \
+		__builtin_choose_expr(                                         \
+			sizeof(*(p)) == 2, m(16, __VA_ARGS__),                 \
+			__builtin_choose_expr(sizeof(*(p)) == 4,               \
+					      m(32, __VA_ARGS__),              \
+					      m(64, __VA_ARGS__))))
 
-/* Add @v to the calling CPU's copy of *@p. */
-#define pcpu_add(p, v) PCPU__GENERIC(add, p)((p), (v))
-/* Subtract @v from the calling CPU's copy. */
-#define pcpu_sub(p, v) PCPU__GENERIC(add, p)((p), -(v))
-#define pcpu_inc(p) PCPU__GENERIC(add, p)((p), 1)
-#define pcpu_dec(p) PCPU__GENERIC(add, p)((p), -1)
-/* Store @v into the calling CPU's copy. */
-#define pcpu_write(p, v) PCPU__GENERIC(write, p)((p), (v))
-/* The calling CPU's copy (a snapshot: the thread may move right after). */
-#define pcpu_read(p) PCPU__GENERIC_CONST(read, p)((p))
+/*
+ * Compile-time checks, with a message naming the operation.  Integer
+ * types (char and enums included, _Bool excluded) of 1, 2, 4 or 8 bytes
+ * take every operation; _Bool and pointers only those the kernel allows
+ * on them (read, write, xchg, cmpxchg, try_cmpxchg).  The operations
+ * that write reject a pointer to const.  Nothing here is evaluated.
+ */
+#define PCPU__CHECK(cond, msg)                                                 \
+	((void)sizeof(struct {                                                 \
+		_Static_assert(cond, msg);                                     \
+		char pcpu__unused;                                             \
+	}))
+#define PCPU__IS_VOID(p) __builtin_types_compatible_p(__typeof__(*(p)), void)
+#define PCPU__IS_BOOL(p) __builtin_types_compatible_p(__typeof__(*(p)), _Bool)
+/* The type class of *p (1 integer, 5 pointer), a double's for void. */
+#define PCPU__CLASS(p)                                                         \
+	__builtin_classify_type(                                               \
+		*__builtin_choose_expr(PCPU__IS_VOID(p), (double *)0, (p)))
+#define PCPU__IS_INT(p)                                                        \
+	(PCPU__CLASS(p) == 1 && !PCPU__IS_BOOL(p) &&                           \
+	 (sizeof(*(p)) == 1 || sizeof(*(p)) == 2 || sizeof(*(p)) == 4 ||       \
+	  sizeof(*(p)) == 8))
+#define PCPU__IS_VALUE(p)                                                      \
+	(PCPU__IS_INT(p) || PCPU__IS_BOOL(p) ||                                \
+	 (PCPU__CLASS(p) == 5 && sizeof(*(p)) == 8))
+#define PCPU__IS_CONST(p)                                                      \
+	__builtin_types_compatible_p(__typeof__(p), const __typeof__(*(p)) *)
+#define PCPU__INT_MSG(op)                                                      \
+	#op ": *p must be an integer type of 1, 2, 4 or 8 bytes"
+#define PCPU__VALUE_MSG(op)                                                    \
+	#op ": *p must be an integer type of 1, 2, 4 or 8 bytes, _Bool or a "  \
+	    "pointer"
+#define PCPU__CONST_MSG(op) #op ": p points to const"
+/* Reads: integers (pcpu_sum) or values (pcpu_read), const allowed. */
+#define PCPU__CHECK_INT_RO(op, p)                                              \
+	PCPU__CHECK(PCPU__IS_INT(p), PCPU__INT_MSG(op))
+#define PCPU__CHECK_VALUE_RO(op, p)                                            \
+	PCPU__CHECK(PCPU__IS_VALUE(p), PCPU__VALUE_MSG(op))
+#define PCPU__CHECK_INT(op, p)                                                 \
+	(PCPU__CHECK_INT_RO(op, p),                                            \
+	 PCPU__CHECK(!PCPU__IS_CONST(p), PCPU__CONST_MSG(op)))
+#define PCPU__CHECK_VALUE(op, p)                                               \
+	(PCPU__CHECK_VALUE_RO(op, p),                                          \
+	 PCPU__CHECK(!PCPU__IS_CONST(p), PCPU__CONST_MSG(op)))
+
+/* One branch of PCPU__SIZED per operation. */
+#define PCPU__VOID(W, op, p, v) pcpu__##op##W((void *)(p), (v))
+#define PCPU__RET(W, op, p, v) PCPU__OUT(p, pcpu__##op##W((void *)(p), (v)))
+#define PCPU__ADD(W, p, v) PCPU__VOID(W, add, p, PCPU__IN(W, p, v))
+/* -(typeof(*p))v, as the kernel's this_cpu_sub: negated in the W-bit
+ * unsigned type, which wraps where the signed negation could overflow. */
+#define PCPU__NEG(W, p, v) ((uint##W##_t)-PCPU__IN(W, p, v))
+#define PCPU__SUB(W, p, v) PCPU__VOID(W, add, p, PCPU__NEG(W, p, v))
+#define PCPU__INC(W, p) PCPU__VOID(W, add, p, (uint##W##_t)1)
+#define PCPU__DEC(W, p) PCPU__VOID(W, add, p, (uint##W##_t)-1)
+#define PCPU__WRITE(W, p, v) PCPU__VOID(W, write, p, PCPU__IN(W, p, v))
+#define PCPU__AND(W, p, v) PCPU__VOID(W, and, p, PCPU__IN(W, p, v))
+#define PCPU__OR(W, p, v) PCPU__VOID(W, or, p, PCPU__IN(W, p, v))
+#define PCPU__ADD_RETURN(W, p, v) PCPU__RET(W, add_return, p, PCPU__IN(W, p, v))
+#define PCPU__SUB_RETURN(W, p, v)                                              \
+	PCPU__RET(W, add_return, p, PCPU__NEG(W, p, v))
+#define PCPU__INC_RETURN(W, p) PCPU__RET(W, add_return, p, (uint##W##_t)1)
+#define PCPU__DEC_RETURN(W, p) PCPU__RET(W, add_return, p, (uint##W##_t)-1)
+#define PCPU__XCHG(W, p, v) PCPU__RET(W, xchg, p, PCPU__IN(W, p, v))
+#define PCPU__CMPXCHG(W, p, o, n)                                              \
+	PCPU__OUT(p, pcpu__cmpxchg##W((void *)(p), PCPU__IN(W, p, o),          \
+				      PCPU__IN(W, p, n)))
+#define PCPU__TRY_CMPXCHG(W, p, po, n)                                         \
+	__extension__({                                                        \
+		PCPU__T(p) *pcpu__po = (po);                                   \
+		uint##W##_t pcpu__old = PCPU__IN(W, p, *pcpu__po);             \
+		uint##W##_t pcpu__found = pcpu__cmpxchg##W(                    \
+			(void *)(p), pcpu__old, PCPU__IN(W, p, n));            \
+		if (pcpu__found != pcpu__old)                                  \
+			*pcpu__po = PCPU__OUT(p, pcpu__found);                 \
+		(_Bool)(pcpu__found == pcpu__old);                             \
+	})
+#define PCPU__READ(W, p) PCPU__OUT(p, pcpu__read##W((const void *)(p)))
+#define PCPU__SUM(W, p) PCPU__OUT(p, pcpu__sum##W((const void *)(p)))
+
+/*
+ * The operations, each named after the kernel's this_cpu_* operation
+ * with the same semantics (include/linux/percpu-defs.h), on the calling
+ * CPU's copy of *@p.  @p points to an integer type of 1, 2, 4 or 8 bytes
+ * (char, short, int, long, long long, signed or unsigned, int8_t ...
+ * uint64_t, size_t, enums); read, write, xchg, cmpxchg and try_cmpxchg
+ * also take _Bool and pointer types (@p a T **).  Any other type, or a
+ * pointer to const for an operation that writes, is a compile-time
+ * error.  Values are converted to the type of *@p first; arithmetic
+ * wraps like unsigned arithmetic of that width; results have the type
+ * of *@p.  Each operation is atomic with respect to every other
+ * operation on the same copy, signal handlers' included (the thread's
+ * CPU may change right after it), and orders no other memory access
+ * (relaxed), like the kernel's.
+ */
+
+/* this_cpu_add: *p += v. */
+#define pcpu_add(p, v)                                                         \
+	(PCPU__CHECK_INT(pcpu_add, p), PCPU__SIZED(p, PCPU__ADD, p, v))
+/* this_cpu_sub: *p -= v, i.e. *p += -(typeof(*p))v. */
+#define pcpu_sub(p, v)                                                         \
+	(PCPU__CHECK_INT(pcpu_sub, p), PCPU__SIZED(p, PCPU__SUB, p, v))
+/* this_cpu_inc, this_cpu_dec: *p += 1, *p -= 1. */
+#define pcpu_inc(p) (PCPU__CHECK_INT(pcpu_inc, p), PCPU__SIZED(p, PCPU__INC, p))
+#define pcpu_dec(p) (PCPU__CHECK_INT(pcpu_dec, p), PCPU__SIZED(p, PCPU__DEC, p))
+/* this_cpu_and, this_cpu_or: *p &= v, *p |= v. */
+#define pcpu_and(p, v)                                                         \
+	(PCPU__CHECK_INT(pcpu_and, p), PCPU__SIZED(p, PCPU__AND, p, v))
+#define pcpu_or(p, v)                                                          \
+	(PCPU__CHECK_INT(pcpu_or, p), PCPU__SIZED(p, PCPU__OR, p, v))
+/* this_cpu_add_return, this_cpu_sub_return: *p += v (-= v); returns the
+ * new value. */
+#define pcpu_add_return(p, v)                                                  \
+	(PCPU__CHECK_INT(pcpu_add_return, p),                                  \
+	 PCPU__SIZED(p, PCPU__ADD_RETURN, p, v))
+#define pcpu_sub_return(p, v)                                                  \
+	(PCPU__CHECK_INT(pcpu_sub_return, p),                                  \
+	 PCPU__SIZED(p, PCPU__SUB_RETURN, p, v))
+/* this_cpu_inc_return, this_cpu_dec_return: the new value. */
+#define pcpu_inc_return(p)                                                     \
+	(PCPU__CHECK_INT(pcpu_inc_return, p),                                  \
+	 PCPU__SIZED(p, PCPU__INC_RETURN, p))
+#define pcpu_dec_return(p)                                                     \
+	(PCPU__CHECK_INT(pcpu_dec_return, p),                                  \
+	 PCPU__SIZED(p, PCPU__DEC_RETURN, p))
+/* this_cpu_write: *p = v. */
+#define pcpu_write(p, v)                                                       \
+	(PCPU__CHECK_VALUE(pcpu_write, p), PCPU__SIZED(p, PCPU__WRITE, p, v))
+/* this_cpu_read: the calling CPU's copy (a snapshot: the thread may move
+ * right after).  @p may point to const. */
+#define pcpu_read(p)                                                           \
+	(PCPU__CHECK_VALUE_RO(pcpu_read, p), PCPU__SIZED(p, PCPU__READ, p))
+/* this_cpu_xchg: *p = v; returns the old value. */
+#define pcpu_xchg(p, v)                                                        \
+	(PCPU__CHECK_VALUE(pcpu_xchg, p), PCPU__SIZED(p, PCPU__XCHG, p, v))
+/* this_cpu_cmpxchg: if *p == old, *p = nv; returns the value found
+ * (equal to @old when @nv was stored). */
+#define pcpu_cmpxchg(p, old, nv)                                               \
+	(PCPU__CHECK_VALUE(pcpu_cmpxchg, p),                                   \
+	 PCPU__SIZED(p, PCPU__CMPXCHG, p, old, nv))
+/* this_cpu_try_cmpxchg: if *p == *pold, *p = nv and true; else false and
+ * *pold = the value found.  @pold points to the type of *p. */
+#define pcpu_try_cmpxchg(p, pold, nv)                                          \
+	(PCPU__CHECK_VALUE(pcpu_try_cmpxchg, p),                               \
+	 PCPU__SIZED(p, PCPU__TRY_CMPXCHG, p, pold, nv))
 /* Sum of every copy that can be non-zero (pcpu_for_each_cpu), read with
- * relaxed atomic loads: exact when no update runs concurrently. */
-#define pcpu_sum(p) PCPU__GENERIC_CONST(sum, p)((p))
+ * relaxed atomic loads, wrapping in the type of *p: exact when no update
+ * runs concurrently.  No kernel namesake (the kernel sums by hand with
+ * for_each_possible_cpu).  @p may point to const. */
+#define pcpu_sum(p)                                                            \
+	(PCPU__CHECK_INT_RO(pcpu_sum, p), PCPU__SIZED(p, PCPU__SUM, p))
 
 /*
  * pcpu_ptr - typed address of index @cpu's copy of @p (the kernel's

@@ -72,12 +72,91 @@ static inline int pcpu__arch_load_index(long io)
 		return 1;                                                      \
 	}
 
-PCPU__A64_OP(add32, uint32_t,
-	     "ldr w10, [%[q]]\n\tadd w10, w10, %w[v]\n\tstr w10, [%[q]]\n\t")
-PCPU__A64_OP(add64, uint64_t,
-	     "ldr x10, [%[q]]\n\tadd x10, x10, %x[v]\n\tstr x10, [%[q]]\n\t")
-PCPU__A64_OP(write32, uint32_t, "str %w[v], [%[q]]\n\t")
-PCPU__A64_OP(write64, uint64_t, "str %x[v], [%[q]]\n\t")
+/* Load (l), store (s) and register prefix (x: %w or %x) of each width. */
+#define PCPU__A64_RMW(name, T, l, s, x, insn)                                  \
+	PCPU__A64_OP(name, T,                                                  \
+		     "ldr" l " " x "10, [%[q]]\n\t"                            \
+		     insn " " x "10, " x "10, %" x "[v]\n\t"                   \
+		     "str" s " " x "10, [%[q]]\n\t")
+#define PCPU__A64_VOID_WIDTH(W, T, l, x)                                       \
+	PCPU__A64_RMW(add##W, T, l, l, x, "add")                               \
+	PCPU__A64_RMW(and##W, T, l, l, x, "and")                               \
+	PCPU__A64_RMW(or##W, T, l, l, x, "orr")                                \
+	PCPU__A64_OP(write##W, T, "str" l " %" x "[v], [%[q]]\n\t")
+PCPU__A64_VOID_WIDTH(8, uint8_t, "b", "w")
+PCPU__A64_VOID_WIDTH(16, uint16_t, "h", "w")
+PCPU__A64_VOID_WIDTH(32, uint32_t, "", "w")
+PCPU__A64_VOID_WIDTH(64, uint64_t, "", "x")
+
+/*
+ * Sections that hand a value out: the asm output %[r], valid on the
+ * fall-through path only (asm goto with outputs: gcc 11, clang 11), which
+ * is where the section ends after its commit (or, for cmpxchg, after it
+ * found a different value and branched to its end, label 2, without
+ * writing).  Returns 0 and sets *@out then, 1 after an abort.  Volatile:
+ * see x86_64.h (gcc deletes an unused asm goto with outputs).  Values of
+ * 8 and 16 bits travel in 32-bit registers C, zero-extended by the
+ * compiler (inputs) or by ldrb/ldrh (outputs), so that cmp compares them
+ * whole.
+ */
+#define PCPU__A64_RET_OP(name, T, C, body)                                     \
+	static inline int pcpu__arch_##name(T *q, T v, T *out, int idx,        \
+					    long io)                           \
+	{                                                                      \
+		char *tp = pcpu__arch_tp();                                    \
+		C r;                                                           \
+		__asm__ __volatile__ goto(                                     \
+			PCPU__A64_CS(body)                                     \
+			: [r] "=&r"(r)                                         \
+			: [cs] "r"(tp + pcpu__fast.cs_tpoff),                  \
+			  [io] "r"(tp + io), [idx] "r"(idx),                   \
+			  [ok] "r"(&pcpu__ok[idx]),                            \
+			  [v] "r"((C)v), [q] "r"(q)                            \
+			: "memory", "cc", "x9", "x10"                          \
+			: abort);                                              \
+		*out = (T)r;                                                   \
+		return 0;                                                      \
+	abort:                                                                 \
+		return 1;                                                      \
+	}
+
+#define PCPU__A64_RET_WIDTH(W, T, C, l, x)                                     \
+	/* *out = *q + v; *q = *out: the store commits. */                     \
+	PCPU__A64_RET_OP(add_return##W, T, C,                                  \
+			 "ldr" l " %" x "[r], [%[q]]\n\t"                      \
+			 "add %" x "[r], %" x "[r], %" x "[v]\n\t"             \
+			 "str" l " %" x "[r], [%[q]]\n\t")                     \
+	/* *out = *q; *q = v (no swp: that is an atomic). */                   \
+	PCPU__A64_RET_OP(xchg##W, T, C,                                        \
+			 "ldr" l " %" x "[r], [%[q]]\n\t"                      \
+			 "str" l " %" x "[v], [%[q]]\n\t")                     \
+	/* *found = *q; if it equals old, *q = nv (the store commits). */      \
+	static inline int pcpu__arch_cmpxchg##W(T *q, T old, T nv, T *found,   \
+						int idx, long io)              \
+	{                                                                      \
+		char *tp = pcpu__arch_tp();                                    \
+		C r;                                                           \
+		__asm__ __volatile__ goto(                                     \
+			PCPU__A64_CS("ldr" l " %" x "[r], [%[q]]\n\t"          \
+				     "cmp %" x "[r], %" x "[old]\n\t"          \
+				     "b.ne 2f\n\t"                             \
+				     "str" l " %" x "[nv], [%[q]]\n\t")        \
+			: [r] "=&r"(r)                                         \
+			: [cs] "r"(tp + pcpu__fast.cs_tpoff),                  \
+			  [io] "r"(tp + io), [idx] "r"(idx),                   \
+			  [ok] "r"(&pcpu__ok[idx]),                            \
+			  [old] "r"((C)old), [nv] "r"((C)nv), [q] "r"(q)       \
+			: "memory", "cc", "x9", "x10"                          \
+			: abort);                                              \
+		*found = (T)r;                                                 \
+		return 0;                                                      \
+	abort:                                                                 \
+		return 1;                                                      \
+	}
+PCPU__A64_RET_WIDTH(8, uint8_t, uint32_t, "b", "w")
+PCPU__A64_RET_WIDTH(16, uint16_t, uint32_t, "h", "w")
+PCPU__A64_RET_WIDTH(32, uint32_t, uint32_t, "", "w")
+PCPU__A64_RET_WIDTH(64, uint64_t, uint64_t, "", "x")
 
 
 /* See x86_64.h: 0 commit, 1 abort, 2 result outside (-lim, lim). */

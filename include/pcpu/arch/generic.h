@@ -19,10 +19,35 @@ static inline int pcpu__arch_load_index(long io)
 		(void)q, (void)v, (void)idx, (void)io;                         \
 		return 1;                                                      \
 	}
-PCPU__GENERIC_OP(add32, uint32_t)
-PCPU__GENERIC_OP(add64, uint64_t)
-PCPU__GENERIC_OP(write32, uint32_t)
-PCPU__GENERIC_OP(write64, uint64_t)
+#define PCPU__GENERIC_RET_OP(name, T)                                          \
+	static inline int pcpu__arch_##name(T *q, T v, T *out, int idx,        \
+					    long io)                           \
+	{                                                                      \
+		(void)q, (void)v, (void)out, (void)idx, (void)io;              \
+		return 1;                                                      \
+	}
+#define PCPU__GENERIC_WIDTH(W)                                                 \
+	PCPU__GENERIC_OP(add##W, uint##W##_t)                                  \
+	PCPU__GENERIC_OP(write##W, uint##W##_t)                                \
+	PCPU__GENERIC_OP(and##W, uint##W##_t)                                  \
+	PCPU__GENERIC_OP(or##W, uint##W##_t)                                   \
+	PCPU__GENERIC_RET_OP(add_return##W, uint##W##_t)                       \
+	PCPU__GENERIC_RET_OP(xchg##W, uint##W##_t)                             \
+	static inline int pcpu__arch_cmpxchg##W(uint##W##_t *q,                \
+						uint##W##_t old,               \
+						uint##W##_t nv,                \
+						uint##W##_t *found, int idx,   \
+						long io)                       \
+	{                                                                      \
+		(void)q, (void)old, (void)nv, (void)found, (void)idx,          \
+			(void)io;                                              \
+		return 1;                                                      \
+	}
+/* No sections: every operation "aborts", so callers take their slow path. */
+PCPU__GENERIC_WIDTH(8)
+PCPU__GENERIC_WIDTH(16)
+PCPU__GENERIC_WIDTH(32)
+PCPU__GENERIC_WIDTH(64)
 
 
 static inline int pcpu__arch_add_bounded64(int64_t *q, int64_t v, int idx,

@@ -65,10 +65,98 @@ static inline int pcpu__arch_load_index(long io)
 		return 1;                                                      \
 	}
 
+PCPU__X86_OP(add8, uint8_t, "addb %[v], (%[q])", "ir")
+PCPU__X86_OP(add16, uint16_t, "addw %[v], (%[q])", "ir")
 PCPU__X86_OP(add32, uint32_t, "addl %[v], (%[q])", "ir")
 PCPU__X86_OP(add64, uint64_t, "addq %[v], (%[q])", "er")
+PCPU__X86_OP(write8, uint8_t, "movb %[v], (%[q])", "ir")
+PCPU__X86_OP(write16, uint16_t, "movw %[v], (%[q])", "ir")
 PCPU__X86_OP(write32, uint32_t, "movl %[v], (%[q])", "ir")
 PCPU__X86_OP(write64, uint64_t, "movq %[v], (%[q])", "er")
+PCPU__X86_OP(and8, uint8_t, "andb %[v], (%[q])", "ir")
+PCPU__X86_OP(and16, uint16_t, "andw %[v], (%[q])", "ir")
+PCPU__X86_OP(and32, uint32_t, "andl %[v], (%[q])", "ir")
+PCPU__X86_OP(and64, uint64_t, "andq %[v], (%[q])", "er")
+PCPU__X86_OP(or8, uint8_t, "orb %[v], (%[q])", "ir")
+PCPU__X86_OP(or16, uint16_t, "orw %[v], (%[q])", "ir")
+PCPU__X86_OP(or32, uint32_t, "orl %[v], (%[q])", "ir")
+PCPU__X86_OP(or64, uint64_t, "orq %[v], (%[q])", "er")
+
+/*
+ * Sections that hand a value out: the asm output %[r], read or computed
+ * inside the section and valid on the fall-through path only (asm goto
+ * with outputs: gcc 11, clang 11), which is where the section ends after
+ * its commit (or, for cmpxchg, after it found a different value and
+ * jumped to its end, label 2, without writing).  Returns 0 and sets *@out
+ * then, 1 after an abort (nothing written).  Explicitly volatile: gcc 12
+ * deletes an asm goto with outputs when they are unused (a caller that
+ * ignores what pcpu_xchg returned), store and all.
+ */
+#define PCPU__X86_RET_OP(name, T, insn, vcons)                                 \
+	static inline int pcpu__arch_##name(T *q, T v, T *out, int idx,        \
+					    long io)                           \
+	{                                                                      \
+		T r;                                                           \
+		__asm__ __volatile__ goto(                                     \
+			PCPU__X86_CS(insn)                                     \
+			: [r] "=&r"(r)                                         \
+			: [cs] "r"(pcpu__fast.cs_tpoff), [io] "r"(io),         \
+			  [idx] "r"(idx), [ok] "r"(&pcpu__ok[idx]),            \
+			  [v] vcons(v), [q] "r"(q)                             \
+			: "memory", "cc", "rax"                                \
+			: abort);                                              \
+		*out = r;                                                      \
+		return 0;                                                      \
+	abort:                                                                 \
+		return 1;                                                      \
+	}
+
+/* *out = *q + v; *q = *out.  The store commits. */
+#define PCPU__X86_ADD_RETURN(W, T, s, vcons)                                   \
+	PCPU__X86_RET_OP(add_return##W, T,                                     \
+			 "mov" s " (%[q]), %[r]\n\t"                           \
+			 "add" s " %[v], %[r]\n\t"                             \
+			 "mov" s " %[r], (%[q])",                              \
+			 vcons)
+/* *out = *q; *q = v.  A load and a store, not xchg (implicitly locked). */
+#define PCPU__X86_XCHG(W, T, s, vcons)                                         \
+	PCPU__X86_RET_OP(xchg##W, T,                                           \
+			 "mov" s " (%[q]), %[r]\n\t"                           \
+			 "mov" s " %[v], (%[q])",                              \
+			 vcons)
+/* *found = *q; if it equals old, *q = nv: a load, a compare and a store
+ * that commits only on equality (no cmpxchg instruction: when the value
+ * differs the section leaves through its end without writing at all). */
+#define PCPU__X86_CMPXCHG(W, T, s, vcons)                                      \
+	static inline int pcpu__arch_cmpxchg##W(T *q, T old, T nv, T *found,   \
+						int idx, long io)              \
+	{                                                                      \
+		T r;                                                           \
+		__asm__ __volatile__ goto(                                     \
+			PCPU__X86_CS("mov" s " (%[q]), %[r]\n\t"               \
+				     "cmp" s " %[old], %[r]\n\t"               \
+				     "jne 2f\n\t"                              \
+				     "mov" s " %[nv], (%[q])")                 \
+			: [r] "=&r"(r)                                         \
+			: [cs] "r"(pcpu__fast.cs_tpoff), [io] "r"(io),         \
+			  [idx] "r"(idx), [ok] "r"(&pcpu__ok[idx]),            \
+			  [old] vcons(old), [nv] vcons(nv), [q] "r"(q)         \
+			: "memory", "cc", "rax"                                \
+			: abort);                                              \
+		*found = r;                                                    \
+		return 0;                                                      \
+	abort:                                                                 \
+		return 1;                                                      \
+	}
+
+#define PCPU__X86_RET_WIDTH(W, T, s, vcons)                                    \
+	PCPU__X86_ADD_RETURN(W, T, s, vcons)                                   \
+	PCPU__X86_XCHG(W, T, s, vcons)                                         \
+	PCPU__X86_CMPXCHG(W, T, s, vcons)
+PCPU__X86_RET_WIDTH(8, uint8_t, "b", "ir")
+PCPU__X86_RET_WIDTH(16, uint16_t, "w", "ir")
+PCPU__X86_RET_WIDTH(32, uint32_t, "l", "ir")
+PCPU__X86_RET_WIDTH(64, uint64_t, "q", "er")
 
 
 /*
