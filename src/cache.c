@@ -1114,8 +1114,9 @@ static void cache_atfork_child(void)
 	struct used_snap u;
 	bool kick = false;
 
-	pthread_mutex_init(&pend_lock, NULL);
-	pthread_mutex_init(&clean_lock, NULL);
+	/* this thread took both to fork */
+	pthread_mutex_unlock(&pend_lock);
+	pthread_mutex_unlock(&clean_lock);
 	nr_pend = 0;
 	for (int i = 0; i < nr_cache_list; i++) {
 		struct cache_cpu *cc = caches[cache_list[i]];

@@ -701,22 +701,22 @@ void _pcpu_index_atfork_child(void)
 }
 
 /*
- * The invariants of indexes (docs/DESIGN.md), under ix_lock: the used
- * bit, pcpu__ok and pcpu__ptrok follow the states; READY, DEMOTING and
- * PINNED only in use; DIRTY only when ABSENT; no index FILLING or
- * DISCARDING at rest (checked by the caller's choice: pcpu_validate runs
- * them when asked).  Returns 0 or -EUCLEAN.
+ * The invariants of indexes (docs/DESIGN.md, item 11), under ix_lock:
+ * the used bit, pcpu__ok and pcpu__ptrok follow the states; READY,
+ * DEMOTING and PINNED only in use; DIRTY only when ABSENT; with no index
+ * FILLING, nothing is coming (initval.c).  Returns 0 or -EUCLEAN.
  */
 int _pcpu_index_validate(void)
 {
 	const char *bad = NULL;
-	int k;
+	int k, filling = 0;
 	sigset_t old;
 
 	sig_block(&old);
 	pthread_mutex_lock(&ix_lock);
 	for (k = 0; k < _pcpu_g.nr_ids && !bad; k++) {
 		uint32_t s = load_st(k);
+		filling += state_of(s) == IX_FILLING;
 		bool used = _pcpu_cpuset_test(&_pcpu_g.used, k);
 		bool ok = pcpu__ok[k], ptrok = pcpu__ptrok[k];
 		if (used != in_use(s))
@@ -732,10 +732,11 @@ int _pcpu_index_validate(void)
 		else if ((s & IX_DIRTY) && state_of(s) != IX_ABSENT)
 			bad = "dirty index not absent";
 	}
+	int r = !bad && !filling ? _pcpu_initval_validate_idle() : 0;
 	pthread_mutex_unlock(&ix_lock);
 	sig_restore(&old);
 	if (!bad)
-		return 0;
+		return r;
 	fprintf(stderr, "libpcpu: validate: index %d: %s\n", k - 1, bad);
 	return -EUCLEAN;
 }

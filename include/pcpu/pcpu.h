@@ -2,12 +2,29 @@
  * pcpu.h - libpcpu: per-CPU memory for Linux user space.
  *
  * pcpu_alloc() hands out an area that exists once per CPU, like the
- * kernel's alloc_percpu().  The pointer it returns is CPU 0's copy; CPU c's
- * copy is at p + c * stride (pcpu_ptr).  The operations below act on the
- * calling CPU's copy without atomic instructions, inside rseq restartable
- * sequences; pcpu_sum() adds up the copies of the CPUs that can hold
- * something.  Memory is backed only for CPUs that actually run the
- * program.
+ * kernel's alloc_percpu().  The pointer it returns is CPU 0's copy; CPU
+ * i's copy is pcpu_ptr(p, i).  The operations (ops.h) act on the calling
+ * CPU's copy without atomic instructions, inside rseq restartable
+ * sequences; pcpu_sum() adds the copies up.
+ *
+ * The contract, for every index i in 0..pcpu_nr_cpu_ids()-1, whether or
+ * not CPU i ever ran anything:
+ *   - pcpu_ptr(p, i) is index i's copy.  In a fresh area it reads zero
+ *     (or the pcpu_alloc_init value).
+ *   - Whatever is written to it (through pcpu_ptr, or by operations of a
+ *     thread running on CPU i) is seen by pcpu_sum, pcpu_for_each_cpu and
+ *     the operations of CPU i, is counted in pcpu_stats, is zeroed before
+ *     the space is handed out again, and is given back by depopulation and
+ *     pcpu_trim once freed.
+ *   - pcpu_this_cpu() is always such an index, and an operation always
+ *     changes the calling CPU's own copy: a CPU reads back what it wrote.
+ * And memory is spent only on copies that are written: the library's own
+ * reads (sums, frees, trims, the validator) never touch a page that holds
+ * no data, so they back nothing even on a kernel without a shared zero
+ * page; a free never adds resident memory; the work of a free or a sum
+ * follows the indexes in use, not the possible CPUs, unless the program
+ * itself reached every possible CPU's copy.  docs/DESIGN.md ("The
+ * per-CPU contract") says how.
  *
  * Errors: functions returning int give 0 or -errno; functions returning a
  * pointer give NULL and set errno.
