@@ -35,9 +35,10 @@
  *   DIRTY     (ABSENT) a discard failed: discarded before the next fill.
  *
  * One kind of writer per copy at a time (cpu.c's top says why):
- *   - promotion sets READY, waits for k's gate (every atomic writer that
- *     saw READY clear has finished; later ones see it and go to the
- *     sections), then sets pcpu__ok[k];
+ *   - promotion sets READY, waits for k's gate without ix_lock (every
+ *     atomic writer that saw READY clear has finished; later ones see it
+ *     and go to the sections), then sets pcpu__ok[k] unless a demotion
+ *     came meanwhile;
  *   - demotion clears pcpu__ok[k] and sets DEMOTING, fences k (every
  *     section in flight has committed or aborted; later ones see
  *     pcpu__ok[k] == 0 inside themselves), then clears both flags;
@@ -221,16 +222,31 @@ static void flags_off(int k, uint32_t f)
 	__atomic_fetch_and(&st[k], ~f, __ATOMIC_SEQ_CST);
 }
 
-static void promote_locked(int k)
+/*
+ * promote_begin - set READY when hotplug.c agrees; true when it did and
+ * the caller must finish with promote_end once ix_lock is dropped.
+ * The gate is waited for without ix_lock: a writer inside the gate may
+ * be interrupted by a signal handler whose operation needs ix_lock (to
+ * bring its own index into use), and must be able to get it.
+ */
+static bool promote_begin(int k)
 {
 	uint32_t s = load_st(k);
 	if (!in_use(s) || (s & (IX_READY | IX_DEMOTING)) ||
 	    !_pcpu_hotplug_may_ready(k))
-		return;
+		return false;
 	flags_on(k, IX_READY);
+	return true;
+}
+
+/* Context: ix_lock not held, signals blocked. */
+static void promote_end(int k)
+{
 	if (_pcpu_g.path == PCPU_PATH_RSEQ)
-		gate_wait(k);
-	sync_bytes(k);
+		gate_wait(k); /* atomic writers that saw READY clear left */
+	pthread_mutex_lock(&ix_lock);
+	sync_bytes(k); /* pcpu__ok[k], unless demoted meanwhile */
+	pthread_mutex_unlock(&ix_lock);
 }
 
 /*
@@ -290,7 +306,7 @@ static int use(int k, bool pin, bool ctx)
 {
 	sigset_t old;
 	int r = 0;
-	bool note = false;
+	bool note = false, promoting = false;
 
 	sig_block(&old);
 	pthread_mutex_lock(&ix_lock);
@@ -339,12 +355,14 @@ static int use(int k, bool pin, bool ctx)
 		used_on(k);
 		_pcpu_initval_filled(k); /* not coming: used now */
 		sync_bytes(k);
-		promote_locked(k);
+		promoting = promote_begin(k);
 		pthread_cond_broadcast(&ix_cv);
-		note = !ctx && !(load_st(k) & IX_READY);
+		note = !ctx && !promoting;
 		break;
 	}
 	pthread_mutex_unlock(&ix_lock);
+	if (promoting)
+		promote_end(k);
 	sig_restore(&old);
 	if (note)
 		_pcpu_hotplug_note_use(k); /* online callbacks to run */
@@ -443,8 +461,10 @@ void _pcpu_index_promote(int k)
 	sigset_t old;
 	sig_block(&old);
 	pthread_mutex_lock(&ix_lock);
-	promote_locked(k);
+	bool promoting = promote_begin(k);
 	pthread_mutex_unlock(&ix_lock);
+	if (promoting)
+		promote_end(k);
 	sig_restore(&old);
 }
 
