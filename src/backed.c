@@ -60,42 +60,45 @@ static inline uint64_t bits_mask(uint32_t b0, uint32_t b1)
 	return hi & ~(((uint64_t)1 << b0) - 1);
 }
 
-bool _pcpu_backed_all(const struct pcpu_chunk *c, int idx, uint32_t pg0,
-		      uint32_t pg1)
-{
-	for (uint32_t w = pg0 / 64; w <= pg1 / 64; w++) {
-		uint32_t b0 = w == pg0 / 64 ? pg0 % 64 : 0;
-		uint32_t b1 = w == pg1 / 64 ? pg1 % 64 : 63;
-		uint64_t m = bits_mask(b0, b1);
-		if ((__atomic_load_n(word_of(c, idx, w * 64), __ATOMIC_RELAXED) &
-		     m) != m)
-			return false;
-	}
-	return true;
-}
+enum range_op { RANGE_ALL, RANGE_MARK, RANGE_FORGET };
 
-void _pcpu_backed_mark(struct pcpu_chunk *c, int idx, uint32_t pg0,
-		       uint32_t pg1)
+/* Applies @op to the bits of pages [pg0, pg1] of unit @idx; for RANGE_ALL
+ * returns whether they are all set. */
+static bool range(const struct pcpu_chunk *c, int idx, uint32_t pg0,
+		  uint32_t pg1, enum range_op op)
 {
 	for (uint32_t w = pg0 / 64; w <= pg1 / 64; w++) {
 		uint32_t b0 = w == pg0 / 64 ? pg0 % 64 : 0;
 		uint32_t b1 = w == pg1 / 64 ? pg1 % 64 : 63;
 		uint64_t m = bits_mask(b0, b1);
 		uint64_t *x = word_of(c, idx, w * 64);
-		if ((__atomic_load_n(x, __ATOMIC_RELAXED) & m) != m)
+		uint64_t have = __atomic_load_n(x, __ATOMIC_RELAXED) & m;
+		if (op == RANGE_ALL && have != m)
+			return false;
+		if (op == RANGE_MARK && have != m)
 			__atomic_fetch_or(x, m, __ATOMIC_RELAXED);
+		if (op == RANGE_FORGET && have)
+			__atomic_fetch_and(x, ~m, __ATOMIC_RELAXED);
 	}
+	return true;
+}
+
+bool _pcpu_backed_all(const struct pcpu_chunk *c, int idx, uint32_t pg0,
+		      uint32_t pg1)
+{
+	return range(c, idx, pg0, pg1, RANGE_ALL);
+}
+
+void _pcpu_backed_mark(struct pcpu_chunk *c, int idx, uint32_t pg0,
+		       uint32_t pg1)
+{
+	range(c, idx, pg0, pg1, RANGE_MARK);
 }
 
 void _pcpu_backed_forget(struct pcpu_chunk *c, int idx, uint32_t pg0,
 			 uint32_t pg1)
 {
-	for (uint32_t w = pg0 / 64; w <= pg1 / 64; w++) {
-		uint32_t b0 = w == pg0 / 64 ? pg0 % 64 : 0;
-		uint32_t b1 = w == pg1 / 64 ? pg1 % 64 : 63;
-		uint64_t m = bits_mask(b0, b1);
-		__atomic_fetch_and(word_of(c, idx, w * 64), ~m, __ATOMIC_RELAXED);
-	}
+	range(c, idx, pg0, pg1, RANGE_FORGET);
 }
 
 int _pcpu_backed_learn(struct pcpu_chunk *c, int idx)

@@ -281,14 +281,7 @@ static inline int stack_push(struct cache_cpu *cc, unsigned int cls,
 				     idx, pcpu__fast.idx_tpoff);
 }
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	__builtin_ia32_pause();
-#elif defined(__aarch64__)
-	__asm__ __volatile__("yield" ::: "memory");
-#endif
-}
+#define cpu_relax _pcpu_cpu_relax
 
 static inline void spin_lock(int *l)
 {
@@ -312,12 +305,7 @@ static inline void spin_unlock(int *l)
 	__atomic_store_n(l, 0, __ATOMIC_RELEASE);
 }
 
-static long long now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
+#define now_ns _pcpu_now_ns
 
 /*
  * After a push that found @idx's stack empty: one atomic OR, even when

@@ -87,14 +87,7 @@
 
 _Static_assert(PCPU_COUNTER_BATCH > 1, "fold reservations are > 0");
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	__builtin_ia32_pause();
-#elif defined(__aarch64__)
-	__asm__ __volatile__("yield" ::: "memory");
-#endif
-}
+#define cpu_relax _pcpu_cpu_relax
 
 /* Spin @n: a short pause first, then give the CPU away (the thread waited
  * for may be preempted, or share the CPU). */

@@ -55,28 +55,10 @@
 static struct pcpu_cpuset coming, touched; /* atomic bits */
 static int nr_coming; /* >= the bits in coming (coming_on) */
 
-static inline bool bit_get(const struct pcpu_cpuset *s, int i)
-{
-	return (__atomic_load_n(&s->bits[i / 64], __ATOMIC_SEQ_CST) >>
-		(i % 64)) & 1;
-}
-
-static inline void bit_on(struct pcpu_cpuset *s, int i)
-{
-	__atomic_fetch_or(&s->bits[i / 64], (uint64_t)1 << (i % 64),
-			  __ATOMIC_SEQ_CST);
-}
-
-static inline void bit_off(struct pcpu_cpuset *s, int i)
-{
-	__atomic_fetch_and(&s->bits[i / 64], ~((uint64_t)1 << (i % 64)),
-			   __ATOMIC_SEQ_CST);
-}
-
-static inline uint64_t word_get(const struct pcpu_cpuset *s, int w)
-{
-	return __atomic_load_n(&s->bits[w], __ATOMIC_SEQ_CST);
-}
+#define bit_get _pcpu_cpuset_atomic_test
+#define bit_on _pcpu_cpuset_atomic_set
+#define bit_off _pcpu_cpuset_atomic_clear
+#define word_get _pcpu_cpuset_atomic_word
 
 static inline int nr_words(void)
 {

@@ -106,6 +106,29 @@ static inline int _pcpu_cpuset_count(const struct pcpu_cpuset *s)
 	for (int cpu = _pcpu_cpuset_next((s), 0); cpu >= 0;                    \
 	     cpu = _pcpu_cpuset_next((s), cpu + 1))
 
+/* The same bits shared between threads: sequentially consistent atomics,
+ * read without a lock. */
+static inline bool _pcpu_cpuset_atomic_test(const struct pcpu_cpuset *s, int i)
+{
+	return (__atomic_load_n(&s->bits[i / 64], __ATOMIC_SEQ_CST) >>
+		(i % 64)) & 1;
+}
+static inline void _pcpu_cpuset_atomic_set(struct pcpu_cpuset *s, int i)
+{
+	__atomic_fetch_or(&s->bits[i / 64], (uint64_t)1 << (i % 64),
+			  __ATOMIC_SEQ_CST);
+}
+static inline void _pcpu_cpuset_atomic_clear(struct pcpu_cpuset *s, int i)
+{
+	__atomic_fetch_and(&s->bits[i / 64], ~((uint64_t)1 << (i % 64)),
+			   __ATOMIC_SEQ_CST);
+}
+static inline uint64_t _pcpu_cpuset_atomic_word(const struct pcpu_cpuset *s,
+						int w)
+{
+	return __atomic_load_n(&s->bits[w], __ATOMIC_SEQ_CST);
+}
+
 /* ---- topology.c ---- */
 
 /*

@@ -10,6 +10,7 @@
 #define PCPU_TESTS_CHECK_H
 
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -119,6 +120,17 @@ static inline void check_run_parts(const struct check_part *parts, size_t n,
 			after(stderr);
 		fputc('\n', stderr);
 	}
+}
+
+/* xorshift64*: the tests' seeded random numbers. */
+static inline uint64_t check_rng(uint64_t *state)
+{
+	uint64_t x = *state;
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*state = x;
+	return x * 0x2545f4914f6cdd1dULL;
 }
 
 static inline int check_done(void)

@@ -43,6 +43,34 @@ static inline void pin_self(int cpu)
 	move_to(0, cpu);
 }
 
+/*
+ * A thread that moves threads between the real CPUs until *stop: @tids
+ * (0 entries are skipped, so threads may register late) every 200 us.
+ */
+struct cpus_mover {
+	pid_t *tids;
+	int n;
+	int *stop;
+};
+
+static inline void *cpus_mover_main(void *arg)
+{
+	struct cpus_mover *m = arg;
+	unsigned seed = 42;
+	while (!__atomic_load_n(m->stop, __ATOMIC_ACQUIRE)) {
+		if (nr_real_cpus > 1)
+			for (int i = 0; i < m->n; i++) {
+				pid_t t = __atomic_load_n(&m->tids[i],
+							  __ATOMIC_ACQUIRE);
+				if (t)
+					move_to(t, real_cpus[rand_r(&seed) %
+							     nr_real_cpus]);
+			}
+		usleep(200);
+	}
+	return NULL;
+}
+
 /* Lets the caller run on every real CPU again. */
 static inline void unpin_self(void)
 {

@@ -77,6 +77,8 @@ static void setup(void)
 	const char *s = getenv("PCPU_TEST_SCALE");
 	if (s && !strcmp(s, "valgrind"))
 		scale = 50;
+	else if (PCPU_TEST_TSAN)
+		scale = 4;
 #if PCPU_DEBUG >= 2
 	heavy = true;
 #endif

@@ -62,12 +62,7 @@ static uint64_t backed(void)
 static uint64_t rng_state = 0x243f6a8885a308d3ULL;
 static uint64_t rng(void)
 {
-	uint64_t x = rng_state;
-	x ^= x >> 12;
-	x ^= x << 25;
-	x ^= x >> 27;
-	rng_state = x;
-	return x * 0x2545f4914f6cdd1dULL;
+	return check_rng(&rng_state);
 }
 
 /* ---- idiom: per_cpu_ptr on every possible CPU ---- */

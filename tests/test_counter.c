@@ -42,7 +42,7 @@ static void setup_scale(void)
 	if (s && !strcmp(s, "valgrind"))
 		scale = 5;
 	else if (PCPU_TEST_TSAN)
-		scale = 2; /* six variants of about 20 s each otherwise */
+		scale = 5; /* six variants of about 40 s each otherwise */
 	real_cpus_init();
 }
 

@@ -1106,6 +1106,8 @@ int main(void)
 	const char *s = getenv("PCPU_TEST_SCALE");
 	if (s && !strcmp(s, "valgrind"))
 		scale = 20;
+	else if (PCPU_TEST_TSAN)
+		scale = 3;
 	setenv("PCPU_BALANCE", "0", 1);
 
 	if (!getenv("PCPU_SIM_POSSIBLE")) {

@@ -2333,7 +2333,7 @@ static long quick_steps(void)
 {
 	long steps = 4000;
 	if (PCPU_TEST_TSAN)
-		steps = 1000;
+		steps = 500;
 #if defined(PCPU_TEST_LSAN) || PCPU_DEBUG >= 2
 	steps = 2000;
 #endif

@@ -153,21 +153,6 @@ static void *worker(void *arg)
 	return NULL;
 }
 
-static void *mover(void *arg)
-{
-	(void)arg;
-	unsigned seed = 42;
-	while (!__atomic_load_n(&st.stop_mover, __ATOMIC_ACQUIRE)) {
-		if (nr_real_cpus > 1)
-			for (int i = 0; i < NR_WORKERS; i++)
-				if (st.tids[i])
-					move_to(st.tids[i],
-						real_cpus[rand_r(&seed) %
-							  nr_real_cpus]);
-		usleep(200);
-	}
-	return NULL;
-}
 
 static void run_storm(long iters, int switch_at)
 {
@@ -190,7 +175,8 @@ static void run_storm(long iters, int switch_at)
 		REQUIRE(pthread_create(&w[i], NULL, worker, (void *)i) == 0);
 	while (__atomic_load_n(&st.ready, __ATOMIC_ACQUIRE) < NR_WORKERS)
 		sched_yield();
-	REQUIRE(pthread_create(&mv, NULL, mover, NULL) == 0);
+	struct cpus_mover mover = { st.tids, NR_WORKERS, &st.stop_mover };
+	REQUIRE(pthread_create(&mv, NULL, cpus_mover_main, &mover) == 0);
 	pthread_sigmask(SIG_UNBLOCK, &block, NULL);
 
 	/* the main thread adds too, interrupted by its own signal handler */

@@ -689,19 +689,6 @@ static void *worker(void *arg)
 	return NULL;
 }
 
-static void *mover(void *arg)
-{
-	(void)arg;
-	unsigned seed = 42;
-	while (!__atomic_load_n(&st.stop_mover, __ATOMIC_ACQUIRE)) {
-		if (nr_real_cpus > 1)
-			for (int i = 0; i < NR_WORKERS; i++)
-				move_to(st.tids[i], real_cpus[rand_r(&seed) %
-							      nr_real_cpus]);
-		usleep(200);
-	}
-	return NULL;
-}
 
 #define ALLOC_W(W)                                                             \
 	do {                                                                   \
@@ -891,8 +878,9 @@ static void run_storm(const char *name, long phase_ms, bool switching,
 		REQUIRE(pthread_create(&w[i], NULL, worker, (void *)i) == 0);
 	while (__atomic_load_n(&st.ready, __ATOMIC_ACQUIRE) < NR_WORKERS)
 		sched_yield();
+	struct cpus_mover mover = { st.tids, NR_WORKERS, &st.stop_mover };
 	if (!sim)
-		REQUIRE(pthread_create(&mv, NULL, mover, NULL) == 0);
+		REQUIRE(pthread_create(&mv, NULL, cpus_mover_main, &mover) == 0);
 	pthread_sigmask(SIG_UNBLOCK, &block, NULL);
 	/* every 100 us; under valgrind, where a handler's run alone takes
 	 * longer than that, every 5 ms, or the main thread would do nothing
