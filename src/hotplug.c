@@ -96,16 +96,6 @@ static long long next_rescan_ns;
 
 /* ---- bit helpers ---- */
 
-#define bit_get _pcpu_cpuset_atomic_test
-#define bit_on _pcpu_cpuset_atomic_set
-#define bit_off _pcpu_cpuset_atomic_clear
-#define word_get _pcpu_cpuset_atomic_word
-
-static inline int nr_words(void)
-{
-	return (_pcpu_g.nr_ids + 63) / 64;
-}
-
 /* Bits of word @w that are CPU ids below nr_ids. */
 static inline uint64_t word_ids(int w)
 {
@@ -130,19 +120,19 @@ bool _pcpu_hotplug_may_ready(int k)
 {
 	if (!hp_inited)
 		return true;
-	if (hp_cpu_mode && bit_get(&hp_down, k))
+	if (hp_cpu_mode && _pcpu_cpuset_atomic_test(&hp_down, k))
 		return false;
-	if (bit_get(&hp_demoted, k) &&
+	if (_pcpu_cpuset_atomic_test(&hp_demoted, k) &&
 	    now_ns() < __atomic_load_n(&demoted_until[k], __ATOMIC_RELAXED))
 		return false;
-	return !has_callbacks() || bit_get(&hp_cb, k);
+	return !has_callbacks() || _pcpu_cpuset_atomic_test(&hp_cb, k);
 }
 
 void _pcpu_hotplug_note_use(int k)
 {
-	if (bit_get(&hp_wanted, k))
+	if (_pcpu_cpuset_atomic_test(&hp_wanted, k))
 		return;
-	bit_on(&hp_wanted, k);
+	_pcpu_cpuset_atomic_set(&hp_wanted, k);
 	set_pending();
 	_pcpu_balance_kick(false);
 }
@@ -151,8 +141,8 @@ void _pcpu_hotplug_note_demoted(int k)
 {
 	__atomic_store_n(&demoted_until[k], now_ns() + HP_DEMOTED_NS,
 			 __ATOMIC_RELAXED);
-	bit_on(&hp_demoted, k);
-	bit_on(&hp_wanted, k);
+	_pcpu_cpuset_atomic_set(&hp_demoted, k);
+	_pcpu_cpuset_atomic_set(&hp_wanted, k);
 	set_pending();
 }
 
@@ -195,21 +185,21 @@ static void run_dead(int cpu)
  */
 static int cpu_up_locked(int k)
 {
-	if (hp_cpu_mode && bit_get(&hp_down, k))
+	if (hp_cpu_mode && _pcpu_cpuset_atomic_test(&hp_down, k))
 		return -ENODEV;
 	int r = _pcpu_index_use_ctx(k);
-	if (!r && has_callbacks() && !bit_get(&hp_cb, k)) {
+	if (!r && has_callbacks() && !_pcpu_cpuset_atomic_test(&hp_cb, k)) {
 		r = run_online(k);
 		if (!r)
-			bit_on(&hp_cb, k);
+			_pcpu_cpuset_atomic_set(&hp_cb, k);
 	}
 	if (r) {
-		bit_on(&hp_failed, k);
+		_pcpu_cpuset_atomic_set(&hp_failed, k);
 		set_pending();
 		return r;
 	}
-	bit_off(&hp_failed, k);
-	bit_off(&hp_wanted, k);
+	_pcpu_cpuset_atomic_clear(&hp_failed, k);
+	_pcpu_cpuset_atomic_clear(&hp_wanted, k);
 	_pcpu_index_promote(k);
 	return 0;
 }
@@ -222,18 +212,18 @@ static int cpu_up_locked(int k)
  */
 static int cpu_down_locked(int k)
 {
-	bit_on(&hp_down, k);
-	bit_off(&hp_wanted, k);
-	bit_off(&hp_failed, k);
+	_pcpu_cpuset_atomic_set(&hp_down, k);
+	_pcpu_cpuset_atomic_clear(&hp_wanted, k);
+	_pcpu_cpuset_atomic_clear(&hp_failed, k);
 	if (!(_pcpu_index_state(k) & PCPU_INDEX_IN_USE))
 		return 0;
 	if (_pcpu_index_demote(k)) {
 		set_pending();
 		return -EAGAIN;
 	}
-	if (bit_get(&hp_cb, k)) {
+	if (_pcpu_cpuset_atomic_test(&hp_cb, k)) {
 		run_dead(k);
-		bit_off(&hp_cb, k);
+		_pcpu_cpuset_atomic_clear(&hp_cb, k);
 	}
 	_pcpu_counter_fold_index(k, PCPU_COUNTER_FOLD_CPU |
 					    PCPU_COUNTER_FOLD_CID);
@@ -251,7 +241,7 @@ static int cpu_down_locked(int k)
  */
 static void process_pending_locked(bool retry, bool scan)
 {
-	int nw = nr_words();
+	int nw = _pcpu_nr_words();
 	bool left = false, ling = false;
 	long long now = now_ns();
 
@@ -260,19 +250,19 @@ static void process_pending_locked(bool retry, bool scan)
 	_pcpu_index_set_lingering(true);
 	for (int w = 0; w < nw; w++) {
 		uint64_t ids = word_ids(w);
-		uint64_t down = hp_cpu_mode ? word_get(&hp_down, w) : 0;
-		uint64_t x = (word_get(&hp_wanted, w) |
-			      (retry ? word_get(&hp_failed, w) : 0)) &
+		uint64_t down = hp_cpu_mode ? _pcpu_cpuset_atomic_word(&hp_down, w) : 0;
+		uint64_t x = (_pcpu_cpuset_atomic_word(&hp_wanted, w) |
+			      (retry ? _pcpu_cpuset_atomic_word(&hp_failed, w) : 0)) &
 			     ~down & ids;
 		for (; x; x &= x - 1) {
 			int k = w * 64 + __builtin_ctzll(x);
-			if (bit_get(&hp_demoted, k)) {
+			if (_pcpu_cpuset_atomic_test(&hp_demoted, k)) {
 				if (now < __atomic_load_n(&demoted_until[k],
 							  __ATOMIC_RELAXED)) {
 					left = true;
 					continue;
 				}
-				bit_off(&hp_demoted, k);
+				_pcpu_cpuset_atomic_clear(&hp_demoted, k);
 			}
 			cpu_up_locked(k);
 		}
@@ -290,8 +280,8 @@ static void process_pending_locked(bool retry, bool scan)
 	}
 	for (int w = 0; w < nw; w++) {
 		uint64_t ids = word_ids(w);
-		uint64_t down = hp_cpu_mode ? word_get(&hp_down, w) : 0;
-		left |= ((word_get(&hp_wanted, w) | word_get(&hp_failed, w)) &
+		uint64_t down = hp_cpu_mode ? _pcpu_cpuset_atomic_word(&hp_down, w) : 0;
+		left |= ((_pcpu_cpuset_atomic_word(&hp_wanted, w) | _pcpu_cpuset_atomic_word(&hp_failed, w)) &
 			 ~down & ids) != 0;
 		for (uint64_t x = down & ids; x; x &= x - 1) {
 			int st = _pcpu_index_state(w * 64 + __builtin_ctzll(x));
@@ -325,9 +315,9 @@ static void hp_unlock_ctx(void)
 static void apply_locked(const struct pcpu_cpuset *online,
 			 const struct pcpu_cpuset *allowed)
 {
-	for (int w = 0; w < nr_words(); w++) {
+	for (int w = 0; w < _pcpu_nr_words(); w++) {
 		uint64_t now = online->bits[w] & allowed->bits[w] & word_ids(w);
-		uint64_t before = word_get(&hp_up, w);
+		uint64_t before = _pcpu_cpuset_atomic_word(&hp_up, w);
 		__atomic_store_n(&hp_online.bits[w], online->bits[w],
 				 __ATOMIC_SEQ_CST);
 		__atomic_store_n(&hp_allowed.bits[w], allowed->bits[w],
@@ -339,9 +329,9 @@ static void apply_locked(const struct pcpu_cpuset *online,
 			cpu_down_locked(w * 64 + __builtin_ctzll(x));
 		for (uint64_t x = now & ~before; x; x &= x - 1) {
 			int k = w * 64 + __builtin_ctzll(x);
-			bit_off(&hp_down, k);
+			_pcpu_cpuset_atomic_clear(&hp_down, k);
 			if (_pcpu_index_state(k) & PCPU_INDEX_IN_USE)
-				bit_on(&hp_wanted, k); /* ready it again */
+				_pcpu_cpuset_atomic_set(&hp_wanted, k); /* ready it again */
 			set_pending();
 		}
 	}
@@ -492,15 +482,15 @@ int pcpu_cpu_state(int cpu)
 	if (cpu < 0 || cpu >= _pcpu_g.nr_ids)
 		return -EINVAL;
 	int s = PCPU_CPU_POSSIBLE, ix = _pcpu_index_state(cpu);
-	if (bit_get(&hp_online, cpu))
+	if (_pcpu_cpuset_atomic_test(&hp_online, cpu))
 		s |= PCPU_CPU_ONLINE;
-	if (bit_get(&hp_allowed, cpu))
+	if (_pcpu_cpuset_atomic_test(&hp_allowed, cpu))
 		s |= PCPU_CPU_ALLOWED;
 	if (ix & PCPU_INDEX_READY)
 		s |= PCPU_CPU_READY;
 	if (ix & PCPU_INDEX_IN_USE)
 		s |= PCPU_CPU_BACKED;
-	if (bit_get(&hp_failed, cpu))
+	if (_pcpu_cpuset_atomic_test(&hp_failed, cpu))
 		s |= PCPU_CPU_FAILED;
 	return s;
 }
@@ -510,8 +500,8 @@ int pcpu_cpu_next_online(int cpu)
 	_pcpu_ensure_init();
 	if (cpu < -1 || cpu >= _pcpu_g.nr_ids - 1)
 		return -1;
-	for (int w = (cpu + 1) / 64; w < nr_words(); w++) {
-		uint64_t x = word_get(&hp_online, w) & word_ids(w);
+	for (int w = (cpu + 1) / 64; w < _pcpu_nr_words(); w++) {
+		uint64_t x = _pcpu_cpuset_atomic_word(&hp_online, w) & word_ids(w);
 		if (w == (cpu + 1) / 64)
 			x &= ~(uint64_t)0 << ((cpu + 1) % 64);
 		if (x)
@@ -597,10 +587,10 @@ int pcpu_sim_cpu_online(int cpu)
 	int e = sim_enter(cpu);
 	if (e)
 		return e;
-	bit_on(&hp_online, cpu);
-	bit_on(&hp_allowed, cpu);
-	bit_on(&hp_up, cpu);
-	bit_off(&hp_down, cpu);
+	_pcpu_cpuset_atomic_set(&hp_online, cpu);
+	_pcpu_cpuset_atomic_set(&hp_allowed, cpu);
+	_pcpu_cpuset_atomic_set(&hp_up, cpu);
+	_pcpu_cpuset_atomic_clear(&hp_down, cpu);
 	int r = cpu_up_locked(cpu);
 	process_pending_locked(false, false);
 	hp_unlock_ctx();
@@ -613,14 +603,14 @@ int pcpu_sim_cpu_offline(int cpu)
 	if (e)
 		return e;
 	int r = 0, online = 0;
-	for (int w = 0; w < nr_words(); w++)
-		online += __builtin_popcountll(word_get(&hp_online, w));
-	if (bit_get(&hp_online, cpu) && online == 1) {
+	for (int w = 0; w < _pcpu_nr_words(); w++)
+		online += __builtin_popcountll(_pcpu_cpuset_atomic_word(&hp_online, w));
+	if (_pcpu_cpuset_atomic_test(&hp_online, cpu) && online == 1) {
 		r = -EBUSY;
 	} else {
-		bit_off(&hp_online, cpu);
-		bit_off(&hp_allowed, cpu);
-		bit_off(&hp_up, cpu);
+		_pcpu_cpuset_atomic_clear(&hp_online, cpu);
+		_pcpu_cpuset_atomic_clear(&hp_allowed, cpu);
+		_pcpu_cpuset_atomic_clear(&hp_up, cpu);
 		r = cpu_down_locked(cpu);
 	}
 	hp_unlock_ctx();
@@ -655,7 +645,7 @@ int pcpu_hotplug_register(const char *name, int (*online)(int cpu, void *arg),
 	if (hp_cpu_mode) {
 		for (k = 0; k < nr; k++) {
 			bool ready = _pcpu_index_state(k) & PCPU_INDEX_READY;
-			if (!ready || (!first && !bit_get(&hp_cb, k)))
+			if (!ready || (!first && !_pcpu_cpuset_atomic_test(&hp_cb, k)))
 				continue;
 			if (online && (r = online(k, arg)))
 				break;
@@ -663,14 +653,14 @@ int pcpu_hotplug_register(const char *name, int (*online)(int cpu, void *arg),
 		if (r) {
 			while (--k >= 0)
 				if (dead && (_pcpu_index_state(k) & PCPU_INDEX_READY) &&
-				    (first || bit_get(&hp_cb, k)))
+				    (first || _pcpu_cpuset_atomic_test(&hp_cb, k)))
 					dead(k, arg);
 			hp_unlock_ctx();
 			return r < 0 ? r : -ECANCELED;
 		}
 		for (k = 0; first && k < nr; k++)
 			if (_pcpu_index_state(k) & PCPU_INDEX_READY)
-				bit_on(&hp_cb, k);
+				_pcpu_cpuset_atomic_set(&hp_cb, k);
 	}
 	cb->active = true;
 	__atomic_add_fetch(&nr_cbs, 1, __ATOMIC_RELEASE);
@@ -694,7 +684,7 @@ int pcpu_hotplug_unregister(int handle)
 	}
 	if (hp_cpu_mode && cb->dead)
 		for (int k = _pcpu_g.nr_ids - 1; k >= 0; k--)
-			if (bit_get(&hp_cb, k))
+			if (_pcpu_cpuset_atomic_test(&hp_cb, k))
 				cb->dead(k, cb->arg);
 	cb->active = false;
 	__atomic_sub_fetch(&nr_cbs, 1, __ATOMIC_RELEASE);

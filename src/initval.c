@@ -55,15 +55,6 @@
 static struct pcpu_cpuset coming, touched; /* atomic bits */
 static int nr_coming; /* >= the bits in coming (coming_on) */
 
-#define bit_get _pcpu_cpuset_atomic_test
-#define bit_on _pcpu_cpuset_atomic_set
-#define bit_off _pcpu_cpuset_atomic_clear
-#define word_get _pcpu_cpuset_atomic_word
-
-static inline int nr_words(void)
-{
-	return (_pcpu_g.nr_ids + 63) / 64;
-}
 
 /* ThreadSanitizer: the release scan reads copies that a concurrent free
  * may be zeroing (see page_clean); tell it that this race is known. */
@@ -575,7 +566,7 @@ int _pcpu_initval_fill(int idx, bool dirty)
 	int r = 0;
 	struct hold h = hold_start();
 	while (cur < recs_hi) {
-		bit_on(&touched, idx);
+		_pcpu_cpuset_atomic_set(&touched, idx);
 		r = fill_batch(idx, &cur);
 		if (r || cur >= recs_hi)
 			break;
@@ -592,7 +583,7 @@ int _pcpu_initval_fill(int idx, bool dirty)
 void _pcpu_initval_filled(int idx)
 {
 	coming_off(idx); /* after the used bit: a free sees one or the other */
-	bit_off(&touched, idx);
+	_pcpu_cpuset_atomic_clear(&touched, idx);
 }
 
 /*
@@ -608,8 +599,8 @@ bool _pcpu_initval_abort(int idx)
 	sigset_t old;
 	rec_lock_sig(&old);
 	rec_unlock_sig(&old);
-	bool wrote = bit_get(&touched, idx);
-	bit_off(&touched, idx);
+	bool wrote = _pcpu_cpuset_atomic_test(&touched, idx);
+	_pcpu_cpuset_atomic_clear(&touched, idx);
 	return wrote && _pcpu_chunks_discard_index(idx) != 0;
 }
 
@@ -617,7 +608,7 @@ bool _pcpu_initval_abort(int idx)
 void _pcpu_initval_forget(int idx)
 {
 	coming_off(idx);
-	bit_off(&touched, idx);
+	_pcpu_cpuset_atomic_clear(&touched, idx);
 }
 
 void _pcpu_initval_lock(void)
@@ -794,9 +785,9 @@ static int init_write_all(const struct hp_rec *r)
 {
 	int nr = _pcpu_g.nr_ids;
 	size_t unit = _pcpu_g.unit_size;
-	for (int w = 0; w < nr_words(); w++) {
-		uint64_t com = word_get(&coming, w);
-		for (uint64_t x = word_get(&_pcpu_g.used, w) | com; x;
+	for (int w = 0; w < _pcpu_nr_words(); w++) {
+		uint64_t com = _pcpu_cpuset_atomic_word(&coming, w);
+		for (uint64_t x = _pcpu_cpuset_atomic_word(&_pcpu_g.used, w) | com; x;
 		     x &= x - 1) {
 			int idx = w * 64 + __builtin_ctzll(x);
 			if (idx >= nr)
@@ -804,7 +795,7 @@ static int init_write_all(const struct hp_rec *r)
 			if (populate_cached(idx, r->p, r->size))
 				return -ENOMEM;
 			if ((com >> (idx % 64)) & 1)
-				bit_on(&touched, idx);
+				_pcpu_cpuset_atomic_set(&touched, idx);
 			memcpy(r->p + (size_t)idx * unit, rec_init(r), r->size);
 		}
 	}
@@ -878,8 +869,8 @@ static void zero_coming(struct pcpu_chunk *c, char *p, size_t bytes)
 	size_t page = _pcpu_g.page_size, off = (size_t)(p - c->base);
 	uint32_t pg0 = (uint32_t)(off / page);
 	uint32_t pg1 = (uint32_t)((off + bytes - 1) / page);
-	for (int w = 0; w < nr_words(); w++)
-		for (uint64_t x = word_get(&coming, w); x; x &= x - 1) {
+	for (int w = 0; w < _pcpu_nr_words(); w++)
+		for (uint64_t x = _pcpu_cpuset_atomic_word(&coming, w); x; x &= x - 1) {
 			int idx = w * 64 + __builtin_ctzll(x);
 			for (uint32_t pg = pg0; pg <= pg1; pg++) {
 				if (!_pcpu_backed_test(c, idx, pg))
@@ -973,7 +964,7 @@ void _pcpu_initval_atfork_child(void)
 	pthread_mutex_unlock(&rec_lock);
 	/* count what is left coming: this thread's fill, if any */
 	nr_coming = 0;
-	for (int w = 0; w < nr_words(); w++)
+	for (int w = 0; w < _pcpu_nr_words(); w++)
 		nr_coming += __builtin_popcountll(coming.bits[w]);
 }
 
@@ -986,8 +977,8 @@ void _pcpu_initval_debug(FILE *f, const void *p, int idx)
 	fprintf(f, "  %p: record %s (size %u); index %d: coming %d touched %d "
 		   "state %#x\n",
 		p, r ? "yes" : "no", r ? r->size : 0, idx,
-		idx >= 0 && idx < _pcpu_g.nr_ids ? bit_get(&coming, idx) : -1,
-		idx >= 0 && idx < _pcpu_g.nr_ids ? bit_get(&touched, idx) : -1,
+		idx >= 0 && idx < _pcpu_g.nr_ids ? _pcpu_cpuset_atomic_test(&coming, idx) : -1,
+		idx >= 0 && idx < _pcpu_g.nr_ids ? _pcpu_cpuset_atomic_test(&touched, idx) : -1,
 		idx >= 0 && idx < _pcpu_g.nr_ids ? _pcpu_index_state(idx) : -1);
 	rec_unlock_sig(&old);
 }
@@ -997,8 +988,8 @@ void _pcpu_initval_debug(FILE *f, const void *p, int idx)
 int _pcpu_initval_validate_idle(void)
 {
 	int n = __atomic_load_n(&nr_coming, __ATOMIC_SEQ_CST);
-	for (int w = 0; w < nr_words() && !n; w++)
-		n = word_get(&coming, w) != 0;
+	for (int w = 0; w < _pcpu_nr_words() && !n; w++)
+		n = _pcpu_cpuset_atomic_word(&coming, w) != 0;
 	if (!n)
 		return 0;
 	fprintf(stderr, "libpcpu: validate: initial values: coming count or "

@@ -329,6 +329,11 @@ struct pcpu_global {
 extern struct pcpu_global _pcpu_g;
 
 void _pcpu_init_slow(void);
+/* Words of a cpuset that hold index bits. */
+static inline int _pcpu_nr_words(void)
+{
+	return (_pcpu_g.nr_ids + 63) / 64;
+}
 /* Initialises on first use (one acquire load after that). */
 static inline void _pcpu_ensure_init(void)
 {
