@@ -38,7 +38,9 @@
  *   - promotion sets READY, waits for k's gate without ix_lock (every
  *     atomic writer that saw READY clear has finished; later ones see it
  *     and go to the sections), then sets pcpu__ok[k] unless a demotion
- *     came meanwhile;
+ *     came meanwhile; a gate that does not drain in 50 ms (a thread in it
+ *     stopped in a signal handler that waits for this very promotion)
+ *     calls the promotion off;
  *   - demotion clears pcpu__ok[k] and sets DEMOTING, fences k (every
  *     section in flight has committed or aborted; later ones see
  *     pcpu__ok[k] == 0 inside themselves), then clears both flags;
@@ -191,9 +193,12 @@ static void gate_exit(int k, unsigned int ph)
 	__atomic_fetch_sub(&gates[k].n[ph], 1, __ATOMIC_RELEASE);
 }
 
-static void gate_wait(int k)
+/* Waits for both phases to drain; with @limit_ns > 0 gives up after that
+ * long and returns false. */
+static bool gate_wait_for(int k, long long limit_ns)
 {
 	struct gate *g = &gates[k];
+	long long until = limit_ns > 0 ? _pcpu_now_ns() + limit_ns : 0;
 	for (int round = 0; round < 2; round++) {
 		unsigned int old = __atomic_load_n(&g->phase, __ATOMIC_SEQ_CST);
 		__atomic_store_n(&g->phase, old ^ 1, __ATOMIC_SEQ_CST);
@@ -202,11 +207,19 @@ static void gate_wait(int k)
 			if (spins < 64) {
 				sched_yield();
 			} else {
+				if (until && _pcpu_now_ns() >= until)
+					return false;
 				struct timespec ts = { 0, 20000 };
 				nanosleep(&ts, NULL);
 			}
 		}
 	}
+	return true;
+}
+
+static void gate_wait(int k)
+{
+	gate_wait_for(k, 0);
 }
 
 /* ---- promotion and demotion (ix_lock held) ---- */
@@ -239,14 +252,25 @@ static bool promote_begin(int k)
 	return true;
 }
 
-/* Context: ix_lock not held, signals blocked. */
+/*
+ * Context: ix_lock not held, signals blocked.  The wait is bounded: a
+ * thread inside the gate may be stopped in a signal handler whose own
+ * operation on k waits for this promotion (it sees READY and no
+ * pcpu__ok yet, and must not write with atomics then); after 50 ms the
+ * promotion is called off (READY cleared: the handler goes on with
+ * atomics, its thread leaves the gate) and left to the hotplug tick.
+ */
 static void promote_end(int k)
 {
-	if (_pcpu_g.path == PCPU_PATH_RSEQ)
-		gate_wait(k); /* atomic writers that saw READY clear left */
+	bool drained = _pcpu_g.path != PCPU_PATH_RSEQ ||
+		       gate_wait_for(k, 50 * 1000000LL);
 	pthread_mutex_lock(&ix_lock);
+	if (!drained)
+		flags_off(k, IX_READY);
 	sync_bytes(k); /* pcpu__ok[k], unless demoted meanwhile */
 	pthread_mutex_unlock(&ix_lock);
+	if (!drained)
+		_pcpu_hotplug_note_use(k); /* try again later */
 }
 
 /*
