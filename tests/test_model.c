@@ -85,12 +85,15 @@
  * --long until the time is up), PCPU_MODEL_SECS (at most that long:
  * default unlimited, with --long 240 s),
  * PCPU_MODEL_SHRINK_SECS (the shrinking budget per failure),
- * PCPU_MODEL_MODES (a comma list: run only these modes).
+ * PCPU_MODEL_MODES (a comma list: run only these modes),
+ * PCPU_MODEL_BACKED_ALL=1 (check backed bytes at every library read, not
+ * one in 16), PCPU_MODEL_VERBOSE=1 (how many checks each run made).
  * Development only: PCPU_MODEL_SKIP, a comma list of operation names not
  * to generate (alloc_init, this-sub-narrow, fork, ... as printed) and of
- * restrictions: ptr-any (pcpu_ptr writes and reads only on indexes that
- * ran this-CPU operations while online), offline-ops (this-CPU
- * operations only on online CPUs), fresh (no check of new areas).
+ * restrictions: backed (no backed checks), ptr-any (pcpu_ptr writes and
+ * reads only on indexes that ran this-CPU operations while online),
+ * offline-ops (this-CPU operations only on online CPUs), fresh (no check
+ * of new areas).
  * PCPU_TEST_SCALE=valgrind runs one mode in this process (valgrind does
  * not follow the exec) with few steps.
  */
@@ -1297,7 +1300,8 @@ static struct {
 	uint8_t *scratch;     /* ZERO_LEN bytes */
 	bool bk_every;        /* check backed bytes at every library read */
 	bool bk_rss;          /* ... and VmRSS (not under sanitizers) */
-	long bk_checks;
+	long bk_checks, bk_skipped;
+	unsigned char *bk_used; /* nr bytes: indexes in use at bk_begin */
 	int cb_handle;        /* the registered callback, -1: none */
 	bool *cb_fail;        /* CPUs whose online callback fails */
 	char report[256];     /* the first report of the library */
@@ -1477,6 +1481,15 @@ static uint64_t backed_now(void)
 	return st.backed_bytes;
 }
 
+/* Stamps the indexes in use now with @stamp in X.bk_used. */
+static void bk_mark_used(unsigned char stamp)
+{
+	int c;
+	pcpu_for_each_cpu(c)
+		if (c >= 0 && c < X.nr)
+			X.bk_used[c] = stamp;
+}
+
 /* Starts a check of the library call that @o makes next: one call in
  * 16, chosen by the operation's own bits (a replay checks the same
  * calls), or every call in the runs that check them all. */
@@ -1488,6 +1501,8 @@ static void bk_begin(struct bk *k, const struct op *o)
 	if (!k->on)
 		return;
 	X.bk_checks++;
+	memset(X.bk_used, 0, (size_t)X.nr);
+	bk_mark_used(1);
 	k->rss = X.bk_rss ? rss_kib() : -1;
 	k->b = backed_now();
 }
@@ -1498,6 +1513,15 @@ static void bk_end(const struct bk *k, const char *what)
 	if (!k->on || X.fkind)
 		return;
 	uint64_t b = backed_now();
+	/* a call that acts as a CPU (a counter's sync) may bring that
+	 * CPU's index into use: the fill of its initial values writes, as
+	 * any first operation there would; such a call is not judged */
+	int c;
+	pcpu_for_each_cpu(c)
+		if (c >= 0 && c < X.nr && !X.bk_used[c]) {
+			X.bk_skipped++;
+			return;
+		}
 	if (b > k->b) {
 		failf(F_BACKED,
 		      "%s: backed bytes %" PRIu64 " -> %" PRIu64 " KiB (+%" PRIu64
@@ -2705,6 +2729,7 @@ static void parse_skip(void)
 }
 
 static bool on_valgrind(void);
+static long env_long(const char *name, long def);
 
 static void on_report(const char *what, const void *ptr, void *arg)
 {
@@ -2763,10 +2788,12 @@ static int run_here(const struct run_args *ra)
 	X.ctrs = calloc(X.nids, sizeof(*X.ctrs));
 	X.scratch = calloc(1, ZERO_LEN);
 	X.cb_fail = calloc((size_t)X.nr, sizeof(bool));
-	REQUIRE(X.ctrs && X.scratch && X.cb_fail);
+	X.bk_used = calloc((size_t)X.nr, 1);
+	REQUIRE(X.ctrs && X.scratch && X.cb_fail && X.bk_used);
 	X.cb_handle = -1;
 	/* one run in 16 checks backed bytes at every library read */
-	X.bk_every = (mix64(ra->seed ^ 0xbacced) & 15) == 0;
+	X.bk_every = (mix64(ra->seed ^ 0xbacced) & 15) == 0 ||
+		     env_long("PCPU_MODEL_BACKED_ALL", 0);
 #if !defined(PCPU_TEST_LSAN)
 	X.bk_rss = !PCPU_TEST_TSAN && !on_valgrind();
 #endif
@@ -2811,8 +2838,12 @@ static int run_here(const struct run_args *ra)
 		exec_op(&ops[i]);
 	}
 	if (X.print || getenv("PCPU_MODEL_VERBOSE"))
-		fprintf(stderr, "    %ld backed checks, %ld pagemap reads%s\n", X.bk_checks, pm_reads,
-			X.bk_every ? " (this run checks every library read)" : "");
+		fprintf(stderr,
+			"    %ld backed checks (%ld not judged: an index came "
+			"into use), %ld pagemap reads%s\n",
+			X.bk_checks, X.bk_skipped, pm_reads,
+			X.bk_every ? " (this run checks every library read)"
+				   : "");
 	if (X.cid_moves)
 		fprintf(stderr, "    cid: the concurrency id changed during %ld "
 				"operations (their copies were taken from the "
@@ -2860,6 +2891,7 @@ static int run_here(const struct run_args *ra)
 	free(X.ctrs);
 	free(X.scratch);
 	free(X.cb_fail);
+	free(X.bk_used);
 	iset_free(&X.touched);
 	iset_free(&X.online);
 	iset_free(&X.ran);
