@@ -1497,7 +1497,13 @@ static void bk_begin(struct bk *k, const struct op *o)
 {
 	uint64_t h = mix64(o->val ^ o->val2 ^ ((uint64_t)o->id << 40) ^
 			   ((uint64_t)o->kind << 32) ^ o->sub ^ 0xbacced);
-	k->on = !skip_backed && (X.bk_every || (h & 15) == 0);
+	/* not in a fork child: its pages are shared with the parent copy on
+	 * write, and a free's legitimate zeroing of a copy that holds data
+	 * makes a private copy (counted where pagemap shows no page frame
+	 * numbers and the library counts exclusive pages: valgrind, or not
+	 * root) */
+	k->on = !skip_backed && !X.in_fork_child &&
+		(X.bk_every || (h & 15) == 0);
 	if (!k->on)
 		return;
 	X.bk_checks++;
