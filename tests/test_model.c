@@ -20,7 +20,43 @@
  *  - pcpu_sub(p, v) converts v to *p's type before negating;
  *  - simulated CPUs going offline and online, pcpu_trim, pcpu_drain and
  *    pcpu_balance change no value; after fork() the child sees exactly the
- *    parent's values and can go on with its own copies.
+ *    parent's values and can go on with its own copies;
+ *  - the library's own reads back nothing: backed bytes (pcpu_stats_get;
+ *    and VmRSS outside sanitizers and valgrind) are no higher after a
+ *    pcpu_sum, pcpu_free, pcpu_validate, pcpu_trim, pcpu_drain or a
+ *    counter's sum, read, compare, set, sync or destroy than before it
+ *    (checked at one such call in 16, chosen by the operation's own bits
+ *    so that a replay checks the same calls, and at every one in one run
+ *    of 16); the model's own reads of the copies go through pagemap and
+ *    take a page that holds no data as zeros, so they back nothing either;
+ *  - pcpu_counter (counter.h): init with 0, EAGER, PERCPU, ATOMIC,
+ *    EXACT_READS and their allowed mixes (a forbidden mix is -EINVAL),
+ *    init_many groups, add, sub, inc, dec, add_batch, add_local, set,
+ *    set_batch, sync, go_percpu, acting as simulated (or pinned) CPUs; the
+ *    exact value is the model's, wrapped modulo 2^64 ("Range"): sum and
+ *    sum_positive are exact, read is within pcpu_counter_error_bound (0
+ *    for a counter without slots, at most (B - 1) x pcpu_nr_cpu_ids()),
+ *    compare and compare_batch agree with the exact value, limited_add
+ *    adds exactly when value + v <= limit in exact arithmetic (v <= 0:
+ *    always), with values, limits and right-hand sides near INT64_MAX and
+ *    INT64_MIN; destroy (and destroy again) of a counter, and destroy or
+ *    destroy_many of a zero-filled counter never initialised, is silent;
+ *  - hotplug callbacks (1024 simulated CPUs): an online callback that
+ *    fails on some CPUs that are not ready; their threads still read back
+ *    their own writes, and pcpu_this_cpu() still names them;
+ *  - the library reports nothing (pcpu_set_error_handler): the model
+ *    makes no invalid call, so any report is a failure.
+ *
+ * What a sequential model cannot cover, left to the dedicated tests
+ * (issue 12): item 7, a counter sum racing folds (tests/test_counter.c);
+ * item 9, a pinned main thread (tests/test_hotplug.c, real CPUs); item
+ * 10, threads starting at once (tests/test_contract.c, "together").  The
+ * others: item 1 (reads that back memory) by the backed checks above,
+ * items 2 and 3 (pcpu_ptr on indexes that never ran) by every read, sum,
+ * cover check and fresh area, item 4 (a CPU that is not ready, or whose
+ * callbacks failed, reads back its own writes) by this-CPU operations on
+ * offline and failing simulated CPUs, item 5 by this-sub-narrow, items 6
+ * and 8 by the counter operations.
  *
  * Running it:
  *   test_model                      the quick suite: every mode, one seed
@@ -49,12 +85,15 @@
  * --long until the time is up), PCPU_MODEL_SECS (at most that long:
  * default unlimited, with --long 240 s),
  * PCPU_MODEL_SHRINK_SECS (the shrinking budget per failure),
- * PCPU_MODEL_MODES (a comma list: run only these modes).
+ * PCPU_MODEL_MODES (a comma list: run only these modes),
+ * PCPU_MODEL_BACKED_ALL=1 (check backed bytes at every library read, not
+ * one in 16), PCPU_MODEL_VERBOSE=1 (how many checks each run made).
  * Development only: PCPU_MODEL_SKIP, a comma list of operation names not
  * to generate (alloc_init, this-sub-narrow, fork, ... as printed) and of
- * restrictions: ptr-any (pcpu_ptr writes and reads only on indexes that
- * ran this-CPU operations while online), offline-ops (this-CPU
- * operations only on online CPUs), fresh (no check of new areas).
+ * restrictions: backed (no backed checks), ptr-any (pcpu_ptr writes and
+ * reads only on indexes that ran this-CPU operations while online),
+ * offline-ops (this-CPU operations only on online CPUs), fresh (no check
+ * of new areas).
  * PCPU_TEST_SCALE=valgrind runs one mode in this process (valgrind does
  * not follow the exec) with few steps.
  */
@@ -78,6 +117,7 @@
 
 #include "check.h"
 #include "cpus.h"
+#include "pcpu/counter.h"
 #include "pcpu/pcpu.h"
 
 #ifndef PCPU_DEBUG
@@ -243,12 +283,25 @@ enum opkind {
 	OP_BALANCE,
 	OP_FORK,
 	OP_VALIDATE,
+	OP_CTR_INIT,
+	OP_CTR_ADD,
+	OP_CTR_SET,
+	OP_CTR_BATCH,
+	OP_CTR_SYNC,
+	OP_CTR_READ,
+	OP_CTR_CMP,
+	OP_CTR_LIMIT,
+	OP_CTR_PERCPU,
+	OP_CTR_DESTROY,
+	OP_CALLBACK,
 	NR_OPKINDS
 };
 
 #define K_AREA 1u  /* needs a live area */
 #define K_SIM 2u   /* simulation only */
 #define K_THIS 4u  /* a this-CPU operation on an area */
+#define K_CTR 8u   /* needs a live, initialised counter */
+#define K_CTR0 16u /* needs a counter, initialised or zero-filled */
 
 static const struct {
 	const char *name;
@@ -279,6 +332,17 @@ static const struct {
 	[OP_BALANCE] = { "balance", 10, 0 },
 	[OP_FORK] = { "fork", 5, 0 },
 	[OP_VALIDATE] = { "validate", 10, 0 },
+	[OP_CTR_INIT] = { "ctr-init", 25, 0 },
+	[OP_CTR_ADD] = { "ctr-add", 60, K_CTR },
+	[OP_CTR_SET] = { "ctr-set", 10, K_CTR },
+	[OP_CTR_BATCH] = { "ctr-set-batch", 8, K_CTR },
+	[OP_CTR_SYNC] = { "ctr-sync", 10, K_CTR },
+	[OP_CTR_READ] = { "ctr-read", 30, K_CTR },
+	[OP_CTR_CMP] = { "ctr-compare", 30, K_CTR },
+	[OP_CTR_LIMIT] = { "ctr-limited-add", 30, K_CTR },
+	[OP_CTR_PERCPU] = { "ctr-go-percpu", 5, K_CTR },
+	[OP_CTR_DESTROY] = { "ctr-destroy", 15, K_CTR0 },
+	[OP_CALLBACK] = { "callback", 4, K_SIM },
 };
 
 enum vtype { T_INT, T_UINT, T_LONG, T_ULONG, T_BYTES };
@@ -299,6 +363,7 @@ struct op {
 	uint32_t size, align;
 	uint32_t off, len;
 	uint64_t val; /* operand, or the seed of bytes / of a choice */
+	uint64_t val2; /* counters: a compare's right-hand side, a limit */
 };
 
 /* ptr-write bytes: random, zeros, the area's initial bytes */
@@ -349,6 +414,42 @@ static void fmt_bytes(char *b, size_t n, const uint8_t *p, size_t len)
 				      p[i]);
 	if (show < len && k + 8 < n)
 		snprintf(b + k, n - k, " ... (%zu bytes)", len);
+}
+
+/* Counter operations: their variants, flags and operands. */
+enum { CI_INIT, CI_MANY, CI_ZERO, CI_BAD };
+enum { CA_ADD, CA_SUB, CA_INC, CA_DEC, CA_BATCH, CA_LOCAL, NR_CA };
+static const char *const ca_name[NR_CA] = { "add", "sub", "inc", "dec",
+					    "add_batch", "add_local" };
+enum { CR_SUM, CR_SUMPOS, CR_READ, CR_READPOS, CR_BOUNDED, CR_BOUND, NR_CR };
+static const char *const cr_name[NR_CR] = { "sum", "sum_positive", "read",
+					    "read_positive", "read_bounded",
+					    "error_bound" };
+/* compare and limited_add: the right-hand side or the limit is the
+ * model's value plus val2 (wrapped), or val2 itself */
+enum { CV_REL, CV_ABS };
+
+static void fmt_cflags(char *b, size_t n, unsigned f)
+{
+	snprintf(b, n, "%s%s%s%s%s", f ? "" : "0",
+		 f & PCPU_COUNTER_PERCPU ? "|PERCPU" : "",
+		 f & PCPU_COUNTER_EXACT_READS ? "|EXACT_READS" : "",
+		 f & PCPU_COUNTER_EAGER ? "|EAGER" : "",
+		 f & PCPU_COUNTER_ATOMIC ? "|ATOMIC" : "");
+	if (b[0] == '|')
+		memmove(b, b + 1, strlen(b));
+}
+
+static void fmt_cval(char *b, size_t n, int mode, uint64_t v)
+{
+	if (mode == CV_REL)
+		snprintf(b, n, "value%+" PRId64, (int64_t)v);
+	else if (v == (uint64_t)INT64_MAX)
+		snprintf(b, n, "INT64_MAX");
+	else if (v == (uint64_t)INT64_MIN)
+		snprintf(b, n, "INT64_MIN");
+	else
+		snprintf(b, n, "%" PRId64, (int64_t)v);
 }
 
 static void op_format(char *b, size_t n, const struct op *o)
@@ -446,6 +547,76 @@ static void op_format(char *b, size_t n, const struct op *o)
 	case OP_DRAIN:
 		snprintf(b, n, "%s%s", name, o->sub ? " PCPU_DRAIN_PAGES" : " 0");
 		break;
+	case OP_CTR_INIT:
+		fmt_cflags(v, sizeof(v), o->align);
+		if (o->sub == CI_ZERO)
+			snprintf(b, n, "%s c%u zero-filled, never initialised "
+				       "(%u counter%s)",
+				 name, o->id, o->len, o->len > 1 ? "s" : "");
+		else if (o->sub == CI_MANY)
+			snprintf(b, n, "%s c%u init_many n %u initial %" PRId64
+				       " flags %s",
+				 name, o->id, o->len, (int64_t)o->val, v);
+		else
+			snprintf(b, n, "%s c%u initial %" PRId64 " flags %s%s",
+				 name, o->id, (int64_t)o->val, v,
+				 o->sub == CI_BAD ? " (not allowed)" : "");
+		break;
+	case OP_CTR_ADD:
+		if (o->sub == CA_INC || o->sub == CA_DEC)
+			snprintf(b, n, "%s c%u.%u cpu %d %s", name, o->id, o->off,
+				 o->cpu, ca_name[o->sub]);
+		else if (o->sub == CA_BATCH)
+			snprintf(b, n, "%s c%u.%u cpu %d add_batch %" PRId64
+				       " batch %d",
+				 name, o->id, o->off, o->cpu, (int64_t)o->val,
+				 (int32_t)o->size);
+		else
+			snprintf(b, n, "%s c%u.%u cpu %d %s %" PRId64, name, o->id,
+				 o->off, o->cpu, ca_name[o->sub], (int64_t)o->val);
+		break;
+	case OP_CTR_SET:
+		fmt_cval(v, sizeof(v), CV_ABS, o->val);
+		snprintf(b, n, "%s c%u.%u %s", name, o->id, o->off, v);
+		break;
+	case OP_CTR_BATCH:
+		snprintf(b, n, "%s c%u.%u %" PRId64, name, o->id, o->off,
+			 (int64_t)o->val);
+		break;
+	case OP_CTR_SYNC:
+		snprintf(b, n, "%s c%u.%u cpu %d", name, o->id, o->off, o->cpu);
+		break;
+	case OP_CTR_READ:
+		snprintf(b, n, "%s c%u.%u %s", name, o->id, o->off,
+			 cr_name[o->sub]);
+		break;
+	case OP_CTR_CMP:
+		fmt_cval(v, sizeof(v), (int)o->align, o->val2);
+		if (o->sub)
+			snprintf(b, n, "%s c%u.%u compare_batch rhs %s batch %d",
+				 name, o->id, o->off, v, (int32_t)o->size);
+		else
+			snprintf(b, n, "%s c%u.%u compare rhs %s", name, o->id,
+				 o->off, v);
+		break;
+	case OP_CTR_LIMIT:
+		fmt_cval(v, sizeof(v), (int)o->align, o->val2);
+		snprintf(b, n, "%s c%u.%u cpu %d limit %s v %" PRId64, name,
+			 o->id, o->off, o->cpu, v, (int64_t)o->val);
+		break;
+	case OP_CTR_PERCPU:
+		snprintf(b, n, "%s c%u.%u", name, o->id, o->off);
+		break;
+	case OP_CTR_DESTROY:
+		snprintf(b, n, "%s c%u%s", name, o->id,
+			 o->sub ? ", then destroy again" : "");
+		break;
+	case OP_CALLBACK:
+		snprintf(b, n, "%s %s", name,
+			 o->sub ? "unregister"
+				: "register (online fails on some CPUs that are "
+				  "not ready)");
+		break;
 	default:
 		snprintf(b, n, "%s", name);
 	}
@@ -516,12 +687,22 @@ static void iset_del(struct iset *s, int i)
 #define MAX_BIG 4
 #define CHILD_OPS 8
 
-static unsigned skip_kinds; /* bit per enum opkind (PCPU_MODEL_SKIP) */
+static uint64_t skip_kinds; /* bit per enum opkind (PCPU_MODEL_SKIP) */
 static bool skip_ptr_any, skip_offline_ops, skip_fresh;
 
 struct garea {
 	uint32_t id, size, len, align;
 	bool init, a8; /* alloc_init; 8-byte aligned */
+};
+
+#define MAX_CTRS 8
+#define CTR_MAX_N 6
+
+struct gctr {
+	uint32_t id;
+	uint32_t n;  /* counters in it (init_many: 2..CTR_MAX_N) */
+	bool zero;   /* zero-filled, never initialised: only destroyed */
+	unsigned flags;
 };
 
 struct loc {
@@ -543,6 +724,10 @@ struct gen {
 	int rcpu[4], nrcpu;  /* recently used CPUs */
 	struct loc rloc[8];
 	int nrloc;
+	struct gctr ctr[MAX_CTRS];
+	int nctr, nctr_live; /* all; initialised ones */
+	bool worker;         /* the mode runs the balance worker */
+	bool cb;             /* a hotplug callback is registered */
 };
 
 static bool g_online(const struct gen *g, int cpu)
@@ -661,7 +846,7 @@ static void g_bytes(struct gen *g, const struct garea *a, struct op *o)
 
 static bool g_feasible(struct gen *g, int k)
 {
-	if (skip_kinds & (1u << k))
+	if (skip_kinds & (1ull << k))
 		return false;
 	if ((kinfo[k].flags & K_AREA) && !g->nlive)
 		return false;
@@ -680,8 +865,176 @@ static bool g_feasible(struct gen *g, int k)
 		return g->online.n < g->nr;
 	case OP_FORK:
 		return !g->child;
+	case OP_CTR_INIT:
+		return !g->child && g->nctr < MAX_CTRS;
+	case OP_CALLBACK:
+		/* the balance worker's tick would bring failed CPUs up (fills
+		 * back pages) while a backed check runs */
+		return !g->child && !g->worker;
 	}
+	if ((kinfo[k].flags & K_CTR) && !g->nctr_live)
+		return false;
+	if ((kinfo[k].flags & K_CTR0) && !g->nctr)
+		return false;
 	return true;
+}
+
+/* A live initialised counter: its id into o->id, a member into o->off. */
+static struct gctr *g_ctr(struct gen *g, struct op *o)
+{
+	int k = (int)rng_below(&g->r, (uint64_t)g->nctr_live);
+	for (int i = 0; i < g->nctr; i++) {
+		if (g->ctr[i].zero)
+			continue;
+		if (k-- == 0) {
+			o->id = g->ctr[i].id;
+			o->off = (uint32_t)rng_below(&g->r, g->ctr[i].n);
+			return &g->ctr[i];
+		}
+	}
+	REQUIRE(0);
+	return NULL;
+}
+
+/* A value near the ends of int64_t, or small, or anything. */
+static uint64_t g_extreme(struct gen *g)
+{
+	uint64_t k = rng_below(&g->r, 64), r = rng_below(&g->r, 100);
+	if (r < 40)
+		return (uint64_t)INT64_MAX - k;
+	if (r < 80)
+		return (uint64_t)INT64_MIN + k;
+	if (r < 90)
+		return rng_pct(&g->r, 50) ? k : 0 - k;
+	return rng_next(&g->r);
+}
+
+/* An amount to add: mostly small, sometimes around the batch, sometimes
+ * near the ends of int64_t (to wrap). */
+static uint64_t g_amount(struct gen *g)
+{
+	uint64_t r = rng_below(&g->r, 100);
+	if (r < 60)
+		return (uint64_t)((int64_t)rng_below(&g->r, 101) - 50);
+	if (r < 80)
+		return (uint64_t)((int64_t)rng_below(&g->r, 401) - 200);
+	if (r < 88)
+		return (uint64_t)((int64_t)rng_below(&g->r, 2000001) - 1000000);
+	return g_extreme(g);
+}
+
+/* A batch for add_batch or compare_batch: small, the default, large,
+ * or below 1 (counts as 1). */
+static int32_t g_batch(struct gen *g)
+{
+	static const int32_t b[] = { -1, 0, 1, 2, 5, 32, 64, 1000, 100000 };
+	return b[rng_below(&g->r, sizeof(b) / sizeof(b[0]))];
+}
+
+static void g_ctr_op(struct gen *g, int k, struct op *o)
+{
+	struct gctr *c;
+	switch (k) {
+	case OP_CTR_INIT: {
+		static const unsigned fl[] = {
+			0, 0, PCPU_COUNTER_EAGER, PCPU_COUNTER_PERCPU,
+			PCPU_COUNTER_ATOMIC,
+			PCPU_COUNTER_EAGER | PCPU_COUNTER_PERCPU,
+			PCPU_COUNTER_EXACT_READS,
+			PCPU_COUNTER_EXACT_READS | PCPU_COUNTER_EAGER,
+			PCPU_COUNTER_EXACT_READS | PCPU_COUNTER_PERCPU |
+				PCPU_COUNTER_EAGER,
+			PCPU_COUNTER_ATOMIC | PCPU_COUNTER_EXACT_READS,
+		};
+		uint64_t r = rng_below(&g->r, 100);
+		o->id = g->next_id++;
+		o->align = fl[rng_below(&g->r, sizeof(fl) / sizeof(fl[0]))];
+		o->len = 1;
+		o->val = rng_pct(&g->r, 30) ? g_extreme(g)
+					    : (uint64_t)((int64_t)rng_below(
+							     &g->r, 201) - 100);
+		if (r < 15) {
+			o->sub = CI_ZERO;
+			o->len = 1 + (uint32_t)rng_below(&g->r, 3);
+		} else if (r < 20) {
+			o->sub = CI_BAD;
+			o->align = rng_pct(&g->r, 50)
+					   ? PCPU_COUNTER_ATOMIC | PCPU_COUNTER_EAGER
+					   : PCPU_COUNTER_ATOMIC | PCPU_COUNTER_PERCPU;
+			return; /* nothing to remember */
+		} else if (r < 40) {
+			o->sub = CI_MANY;
+			o->len = 2 + (uint32_t)rng_below(&g->r, CTR_MAX_N - 1);
+		} else {
+			o->sub = CI_INIT;
+		}
+		struct gctr *n = &g->ctr[g->nctr++];
+		n->id = o->id;
+		n->n = o->len;
+		n->zero = o->sub == CI_ZERO;
+		n->flags = o->align;
+		g->nctr_live += !n->zero;
+		return;
+	}
+	case OP_CTR_DESTROY: {
+		int i = (int)rng_below(&g->r, (uint64_t)g->nctr);
+		o->id = g->ctr[i].id;
+		o->sub = rng_pct(&g->r, 20);
+		g->nctr_live -= !g->ctr[i].zero;
+		g->ctr[i] = g->ctr[--g->nctr];
+		return;
+	}
+	}
+	c = g_ctr(g, o);
+	switch (k) {
+	case OP_CTR_ADD:
+		o->sub = (uint8_t)rng_below(&g->r, NR_CA);
+		o->val = g_amount(g);
+		o->size = (uint32_t)g_batch(g);
+		o->cpu = g_this_cpu(g);
+		break;
+	case OP_CTR_SET:
+		o->val = rng_pct(&g->r, 50) ? g_extreme(g) : g_amount(g);
+		break;
+	case OP_CTR_BATCH: {
+		static const int64_t b[] = { -1, 0, 1, 2, 8, 32, 100, 5000,
+					     INT32_MAX, (int64_t)INT32_MAX + 1 };
+		o->val = (uint64_t)b[rng_below(&g->r, sizeof(b) / sizeof(b[0]))];
+		break;
+	}
+	case OP_CTR_SYNC:
+		o->cpu = g_this_cpu(g);
+		break;
+	case OP_CTR_READ:
+		o->sub = (uint8_t)rng_below(&g->r, NR_CR);
+		break;
+	case OP_CTR_CMP:
+	case OP_CTR_LIMIT:
+		if (k == OP_CTR_CMP) {
+			o->sub = rng_pct(&g->r, 30);
+			o->size = (uint32_t)g_batch(g);
+		} else {
+			o->cpu = g_this_cpu(g);
+			uint64_t r = rng_below(&g->r, 100);
+			o->val = r < 70 ? 1 + rng_below(&g->r, 40)
+			       : r < 80 ? (uint64_t)-(int64_t)rng_below(&g->r, 40)
+					: g_extreme(g);
+		}
+		if (rng_pct(&g->r, 75)) {
+			o->align = CV_REL;
+			int64_t span = rng_pct(&g->r, 70) ? 64 : 100000;
+			o->val2 = (uint64_t)((int64_t)rng_below(
+						     &g->r, (uint64_t)(2 * span + 1)) -
+					     span);
+		} else {
+			o->align = CV_ABS;
+			o->val2 = g_extreme(g);
+		}
+		break;
+	case OP_CTR_PERCPU:
+		break;
+	}
+	(void)c;
 }
 
 static void gen_one(struct gen *g, struct op *o)
@@ -705,6 +1058,10 @@ static void gen_one(struct gen *g, struct op *o)
 	}
 	o->kind = (uint8_t)k;
 	o->val = rng_next(&g->r);
+	if (k >= OP_CTR_INIT && k <= OP_CTR_DESTROY) {
+		g_ctr_op(g, k, o);
+		return;
+	}
 
 	struct garea *a = NULL;
 	struct loc *l = NULL;
@@ -855,6 +1212,10 @@ static void gen_one(struct gen *g, struct op *o)
 	case OP_DRAIN:
 		o->sub = (uint8_t)rng_below(&g->r, 2);
 		break;
+	case OP_CALLBACK:
+		o->sub = g->cb;
+		g->cb = !g->cb;
+		break;
 	}
 }
 
@@ -871,6 +1232,9 @@ enum fkind {
 	F_SUM,       /* pcpu_sum differs from the model's sum */
 	F_COVER,     /* pcpu_for_each_cpu misses a changed copy */
 	F_VALIDATE,  /* pcpu_validate() failed */
+	F_BACKED,    /* a library read or free added backed memory */
+	F_COUNTER,   /* a pcpu_counter result differs from the model */
+	F_REPORT,    /* the library reported an invalid use */
 	F_API,       /* a call failed or returned something invalid */
 	F_FORK,      /* a fork child died without saying why */
 	F_CRASH,     /* the process died (signal, timeout) */
@@ -879,7 +1243,8 @@ enum fkind {
 };
 static const char *const fname[NR_FKINDS] = {
 	"none", "fresh", "init", "ptr-read", "this-read", "this-cpu", "sum",
-	"cover", "validate", "api", "fork", "crash", "error"
+	"cover", "validate", "backed", "counter", "report", "api", "fork",
+	"crash", "error"
 };
 
 static int fkind_parse(const char *s)
@@ -895,6 +1260,15 @@ struct marea {
 	char *p;
 	uint8_t *init;  /* len bytes (the tail past size is zero); NULL: zero */
 	uint8_t **copy; /* nr entries; NULL: the initial bytes */
+};
+
+struct mctr {
+	uint32_t id, n;
+	unsigned flags;
+	bool zero;                 /* zero-filled, never initialised */
+	struct pcpu_counter *c;    /* n of them */
+	uint64_t v[CTR_MAX_N];     /* exact values, wrapped modulo 2^64 */
+	int64_t maxb[CTR_MAX_N];   /* the largest batch used (B) */
 };
 
 static struct {
@@ -922,6 +1296,15 @@ static struct {
 	long cid_moves;
 	bool child_said;      /* a fork child printed its failure */
 	long print_from;      /* --print: from this operation on */
+	struct mctr **ctrs;   /* by id */
+	uint8_t *scratch;     /* ZERO_LEN bytes */
+	bool bk_every;        /* check backed bytes at every library read */
+	bool bk_rss;          /* ... and VmRSS (not under sanitizers) */
+	long bk_checks, bk_skipped;
+	unsigned char *bk_used; /* nr bytes: indexes in use at bk_begin */
+	int cb_handle;        /* the registered callback, -1: none */
+	bool *cb_fail;        /* CPUs whose online callback fails */
+	char report[256];     /* the first report of the library */
 } X;
 
 #define ZERO_LEN (64 * 1024)
@@ -1010,6 +1393,158 @@ static uint8_t *lib_copy(const struct marea *a, int i)
 	return (uint8_t *)pcpu_ptr(a->p, i);
 }
 
+/* ---- the model's reads back nothing either ---- */
+
+static int pm_fd = -1;
+static pid_t pm_pid;
+static size_t pm_page;
+
+/* Whether the page of @p holds data (present or swapped out), as
+ * /proc/self/pagemap says; true when it cannot be asked. */
+static long pm_reads;
+static bool page_has_data(const void *p)
+{
+	if (pm_pid != getpid()) { /* a fork child asks about its own pages */
+		if (pm_fd >= 0)
+			close(pm_fd);
+		pm_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+		pm_pid = getpid();
+		pm_page = (size_t)sysconf(_SC_PAGESIZE);
+	}
+	uint64_t e;
+	pm_reads++;
+	if (pm_fd < 0 ||
+	    pread(pm_fd, &e, 8, (off_t)((uintptr_t)p / pm_page * 8)) != 8)
+		return true;
+	return (e >> 62) & 3;
+}
+
+/*
+ * lib_read - @len bytes of a copy at @src into @dst, without reading a
+ * page that holds no data (a private anonymous page nobody wrote reads
+ * zero; reading it would back it on a kernel without a shared zero page,
+ * and then a library read that wrongly reads such pages would add
+ * nothing the backed checks could see).
+ */
+static void lib_read(uint8_t *dst, const uint8_t *src, size_t len)
+{
+	/* a fork child makes few checks of its own: plain reads are cheaper
+	 * (a pagemap read costs a few microseconds, a copy nothing) */
+	if (X.in_fork_child) {
+		memcpy(dst, src, len);
+		return;
+	}
+	if (!pm_page)
+		(void)page_has_data(src);
+	while (len) {
+		size_t in = pm_page - (uintptr_t)src % pm_page;
+		if (in > len)
+			in = len;
+		if (page_has_data(src))
+			memcpy(dst, src, in);
+		else
+			memset(dst, 0, in);
+		dst += in;
+		src += in;
+		len -= in;
+	}
+}
+
+/* VmRSS of this process, in KiB. */
+static long rss_kib(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	long kib = -1;
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, "VmRSS:", 6))
+			kib = strtol(line + 6, NULL, 10);
+	if (f)
+		fclose(f);
+	return kib;
+}
+
+/* ---- backed checks around the library's own reads and frees ---- */
+
+static bool skip_backed; /* PCPU_MODEL_SKIP=backed */
+
+struct bk {
+	bool on;
+	uint64_t b;
+	long rss;
+};
+
+static uint64_t backed_now(void)
+{
+	struct pcpu_stats st;
+	pcpu_stats_get(&st);
+	return st.backed_bytes;
+}
+
+/* Stamps the indexes in use now with @stamp in X.bk_used. */
+static void bk_mark_used(unsigned char stamp)
+{
+	int c;
+	pcpu_for_each_cpu(c)
+		if (c >= 0 && c < X.nr)
+			X.bk_used[c] = stamp;
+}
+
+/* Starts a check of the library call that @o makes next: one call in
+ * 16, chosen by the operation's own bits (a replay checks the same
+ * calls), or every call in the runs that check them all. */
+static void bk_begin(struct bk *k, const struct op *o)
+{
+	uint64_t h = mix64(o->val ^ o->val2 ^ ((uint64_t)o->id << 40) ^
+			   ((uint64_t)o->kind << 32) ^ o->sub ^ 0xbacced);
+	/* not in a fork child: its pages are shared with the parent copy on
+	 * write, and a free's legitimate zeroing of a copy that holds data
+	 * makes a private copy (counted where pagemap shows no page frame
+	 * numbers and the library counts exclusive pages: valgrind, or not
+	 * root) */
+	k->on = !skip_backed && !X.in_fork_child &&
+		(X.bk_every || (h & 15) == 0);
+	if (!k->on)
+		return;
+	X.bk_checks++;
+	memset(X.bk_used, 0, (size_t)X.nr);
+	bk_mark_used(1);
+	k->rss = X.bk_rss ? rss_kib() : -1;
+	k->b = backed_now();
+}
+
+/* Fails when the call since bk_begin added backed memory. */
+static void bk_end(const struct bk *k, const char *what)
+{
+	if (!k->on || X.fkind)
+		return;
+	uint64_t b = backed_now();
+	/* a call that acts as a CPU (a counter's sync) may bring that
+	 * CPU's index into use: the fill of its initial values writes, as
+	 * any first operation there would; such a call is not judged */
+	int c;
+	pcpu_for_each_cpu(c)
+		if (c >= 0 && c < X.nr && !X.bk_used[c]) {
+			X.bk_skipped++;
+			return;
+		}
+	if (b > k->b) {
+		failf(F_BACKED,
+		      "%s: backed bytes %" PRIu64 " -> %" PRIu64 " KiB (+%" PRIu64
+		      " KiB): the library's own reads or frees backed pages",
+		      what, k->b / 1024, b / 1024, (b - k->b) / 1024);
+		return;
+	}
+	if (k->rss >= 0) {
+		long r = rss_kib();
+		if (r > k->rss + 512) /* malloc and stack noise only */
+			failf(F_BACKED,
+			      "%s: VmRSS %ld -> %ld KiB (+%ld KiB): the "
+			      "library's own reads or frees backed memory",
+			      what, k->rss, r, r - k->rss);
+	}
+}
+
 /* The indexes pcpu_for_each_cpu yields, into X.yield (at most nr + 8). */
 static int yields(void)
 {
@@ -1083,7 +1618,8 @@ static int interesting(uint64_t seed)
 static bool compare_copy(const struct marea *a, int i, const uint8_t *want,
 			 int kind, const char *what)
 {
-	const uint8_t *got = lib_copy(a, i);
+	const uint8_t *got = X.scratch;
+	lib_read(X.scratch, lib_copy(a, i), a->len);
 	if (!memcmp(got, want, a->len))
 		return true;
 	size_t off = 0;
@@ -1217,7 +1753,10 @@ static void do_alloc(const struct op *o)
 static void do_free(const struct op *o)
 {
 	struct marea *a = area_get(o->id);
+	struct bk k;
+	bk_begin(&k, o);
 	pcpu_free(a->p);
+	bk_end(&k, "pcpu_free");
 	X.areas[o->id] = NULL;
 	live_remove(o->id);
 	area_free_model(a);
@@ -1239,6 +1778,8 @@ static void do_ptr(const struct op *o)
 		return;
 	}
 	const uint8_t *m = model_get(a, o->cpu) + o->off;
+	lib_read(X.scratch, lib, o->len);
+	lib = X.scratch;
 	if (!memcmp(lib, m, o->len))
 		return;
 	char g[96], w[96];
@@ -1344,10 +1885,10 @@ static void do_this(const struct op *o)
 			 * two candidates (rare: one thread, pinned) */
 			X.cid_moves++;
 			if (after >= 0 && after < X.nr) {
-				memcpy(model_mut(a, idx) + o->off,
-				       lib_copy(a, idx) + o->off, w);
-				memcpy(model_mut(a, after) + o->off,
-				       lib_copy(a, after) + o->off, w);
+				lib_read(model_mut(a, idx) + o->off,
+					 lib_copy(a, idx) + o->off, w);
+				lib_read(model_mut(a, after) + o->off,
+					 lib_copy(a, after) + o->off, w);
 			}
 			return;
 		}
@@ -1421,6 +1962,8 @@ static void do_sum(const struct op *o)
 	const void *q = a->p + o->off;
 	uint64_t got = 0;
 	int ny = 0;
+	struct bk bk;
+	bk_begin(&bk, o);
 	/* the yielded set, stable around the sum (the balance worker may
 	 * release a unit meanwhile) */
 	for (int tries = 0; tries < 8; tries++) {
@@ -1450,6 +1993,9 @@ static void do_sum(const struct op *o)
 		if (same && ny2 == ny)
 			break;
 	}
+	bk_end(&bk, "pcpu_sum");
+	if (X.fkind)
+		return;
 	uint64_t want = 0;
 	char g[32], m[32], ys[256];
 	fmt_list(ys, sizeof(ys), X.yield, ny);
@@ -1510,7 +2056,8 @@ static void do_hotplug(const struct op *o)
 		iset_del(&X.ran, o->cpu);
 	} else {
 		r = pcpu_sim_cpu_online(o->cpu);
-		if (r != 0 && r != -ENOMEM)
+		if (r != 0 && r != -ENOMEM &&
+		    !(r == -EIO && X.cb_handle >= 0 && X.cb_fail[o->cpu]))
 			failf(F_API, "pcpu_sim_cpu_online(%d) = %d", o->cpu, r);
 		iset_add(&X.online, o->cpu); /* online even if not ready */
 	}
@@ -1524,6 +2071,385 @@ static void check_all(uint64_t seed, const char *what)
 	for (int j = 0; j < X.nlive && !X.fkind; j++)
 		check_area(area_get(X.live[j]), seed + (uint64_t)j, F_READ, what,
 			   false);
+}
+
+/* ---- counters ---- */
+
+static struct mctr *ctr_get(uint32_t id)
+{
+	return id < X.nids ? X.ctrs[id] : NULL;
+}
+
+static void fmt_i64(char *b, size_t n, uint64_t v)
+{
+	snprintf(b, n, "%" PRId64, (int64_t)v);
+}
+
+/* |a - b| modulo 2^64, as the distance on the circle of int64_t. */
+static uint64_t wrap_dist(uint64_t a, uint64_t b)
+{
+	uint64_t d = a - b;
+	return (int64_t)d < 0 ? 0 - d : d;
+}
+
+static void do_ctr_init(const struct op *o)
+{
+	char f[64];
+	fmt_cflags(f, sizeof(f), o->align);
+	if (o->sub == CI_BAD) {
+		struct pcpu_counter c;
+		memset(&c, 0, sizeof(c));
+		int r = pcpu_counter_init(&c, (int64_t)o->val, o->align);
+		if (r != -EINVAL) {
+			failf(F_COUNTER, "pcpu_counter_init(flags %s) = %d, not "
+					 "-EINVAL",
+			      f, r);
+			if (!r)
+				pcpu_counter_destroy(&c);
+		}
+		return;
+	}
+	struct mctr *m = calloc(1, sizeof(*m));
+	REQUIRE(m);
+	m->id = o->id;
+	m->n = o->len;
+	m->flags = o->align;
+	m->zero = o->sub == CI_ZERO;
+	size_t bytes = (m->n * sizeof(struct pcpu_counter) + 63) & ~(size_t)63;
+	m->c = aligned_alloc(64, bytes);
+	REQUIRE(m->c);
+	memset(m->c, 0, bytes);
+	if (!m->zero) {
+		int r = o->sub == CI_MANY
+				? pcpu_counter_init_many(m->c, (int64_t)o->val,
+							 m->n, m->flags)
+				: pcpu_counter_init(m->c, (int64_t)o->val,
+						    m->flags);
+		if (r) {
+			failf(F_API, "pcpu_counter_init%s(flags %s) = %d",
+			      o->sub == CI_MANY ? "_many" : "", f, r);
+			free(m->c);
+			free(m);
+			return;
+		}
+		for (uint32_t i = 0; i < m->n; i++) {
+			m->v[i] = o->val;
+			m->maxb[i] = PCPU_COUNTER_BATCH;
+			bool want = m->flags & PCPU_COUNTER_EAGER;
+			if (pcpu_counter_is_percpu(&m->c[i]) != want) {
+				failf(F_COUNTER, "c%u.%u with flags %s: "
+						 "pcpu_counter_is_percpu %d",
+				      m->id, i, f, !want);
+				break;
+			}
+		}
+	}
+	REQUIRE(o->id < X.nids && !X.ctrs[o->id]);
+	X.ctrs[o->id] = m;
+}
+
+/* Checks the counter's value against the model after an update that
+ * should leave it exact (a sync, a set). */
+static void ctr_expect_sum(struct mctr *m, uint32_t i, const char *after)
+{
+	uint64_t got = (uint64_t)pcpu_counter_sum(&m->c[i]);
+	if (got != m->v[i]) {
+		char g[32], w[32];
+		fmt_i64(g, sizeof(g), got);
+		fmt_i64(w, sizeof(w), m->v[i]);
+		failf(F_COUNTER, "c%u.%u after %s: pcpu_counter_sum = %s, model %s",
+		      m->id, i, after, g, w);
+	}
+}
+
+static void do_ctr_update(const struct op *o)
+{
+	struct mctr *m = ctr_get(o->id);
+	uint32_t i = o->off;
+	struct pcpu_counter *c = &m->c[i];
+	int64_t v = (int64_t)o->val;
+	struct bk k;
+	int r;
+	switch (o->kind) {
+	case OP_CTR_ADD:
+		if (act_as(o->cpu) < 0)
+			return;
+		switch (o->sub) {
+		case CA_ADD:
+			pcpu_counter_add(c, v);
+			m->v[i] += o->val;
+			break;
+		case CA_SUB:
+			pcpu_counter_sub(c, v);
+			m->v[i] -= o->val;
+			break;
+		case CA_INC:
+			pcpu_counter_inc(c);
+			m->v[i]++;
+			break;
+		case CA_DEC:
+			pcpu_counter_dec(c);
+			m->v[i]--;
+			break;
+		case CA_BATCH: {
+			int32_t b = (int32_t)o->size;
+			pcpu_counter_add_batch(c, v, b);
+			m->v[i] += o->val;
+			if (b > m->maxb[i])
+				m->maxb[i] = b;
+			break;
+		}
+		case CA_LOCAL:
+			pcpu_counter_add_local(c, v);
+			m->v[i] += o->val;
+			if (PCPU_COUNTER_LOCAL_BATCH > m->maxb[i])
+				m->maxb[i] = PCPU_COUNTER_LOCAL_BATCH;
+			break;
+		}
+		return;
+	case OP_CTR_SET:
+		bk_begin(&k, o);
+		pcpu_counter_set(c, v);
+		bk_end(&k, "pcpu_counter_set");
+		m->v[i] = o->val;
+		if (!X.fkind)
+			ctr_expect_sum(m, i, "pcpu_counter_set");
+		return;
+	case OP_CTR_BATCH: {
+		bool ok = v >= 1 && v <= PCPU_COUNTER_MAX_BATCH;
+		r = pcpu_counter_set_batch(c, v);
+		if (r != (ok ? 0 : -EINVAL)) {
+			failf(F_COUNTER, "pcpu_counter_set_batch(c%u.%u, %" PRId64
+					 ") = %d, not %d",
+			      m->id, i, v, r, ok ? 0 : -EINVAL);
+			return;
+		}
+		if (ok && v > m->maxb[i])
+			m->maxb[i] = v;
+		return;
+	}
+	case OP_CTR_SYNC:
+		if (act_as(o->cpu) < 0)
+			return;
+		bk_begin(&k, o);
+		pcpu_counter_sync(c);
+		bk_end(&k, "pcpu_counter_sync");
+		if (!X.fkind)
+			ctr_expect_sum(m, i, "pcpu_counter_sync");
+		return;
+	case OP_CTR_PERCPU: {
+		bool atomic = m->flags & PCPU_COUNTER_ATOMIC;
+		r = pcpu_counter_go_percpu(c);
+		if (r != (atomic ? -EINVAL : 0))
+			failf(F_COUNTER, "pcpu_counter_go_percpu(c%u.%u) = %d, "
+					 "not %d",
+			      m->id, i, r, atomic ? -EINVAL : 0);
+		else if (pcpu_counter_is_percpu(c) == atomic)
+			failf(F_COUNTER, "c%u.%u after go_percpu: "
+					 "pcpu_counter_is_percpu %d",
+			      m->id, i, atomic);
+		return;
+	}
+	}
+}
+
+/* Checks a read @got with its bound @b against the exact value. */
+static void ctr_check_read(struct mctr *m, uint32_t i, const char *what,
+			   uint64_t got, int64_t b)
+{
+	struct pcpu_counter *c = &m->c[i];
+	char g[32], w[32];
+	fmt_i64(g, sizeof(g), got);
+	fmt_i64(w, sizeof(w), m->v[i]);
+	bool exact = (m->flags & PCPU_COUNTER_EXACT_READS) ||
+		     !pcpu_counter_is_percpu(c);
+	/* (B - 1) x the indexes that can hold residue, at most every index */
+	__int128 most = exact ? 0 : (__int128)(m->maxb[i] - 1) * X.nr;
+	if (b < 0 || (__int128)b > most) {
+		failf(F_COUNTER, "c%u.%u %s: error bound %" PRId64 ", not in 0..%"
+				 PRId64 " ((B - 1) x pcpu_nr_cpu_ids(), B = %" PRId64
+				 "%s)",
+		      m->id, i, what, b, (int64_t)most, m->maxb[i],
+		      exact ? "; 0: no slots or EXACT_READS" : "");
+		return;
+	}
+	if (wrap_dist(got, m->v[i]) > (uint64_t)b)
+		failf(F_COUNTER, "c%u.%u %s = %s, model %s: off by more than the "
+				 "error bound %" PRId64,
+		      m->id, i, what, g, w, b);
+}
+
+static void do_ctr_read(const struct op *o)
+{
+	struct mctr *m = ctr_get(o->id);
+	uint32_t i = o->off;
+	struct pcpu_counter *c = &m->c[i];
+	struct bk k;
+	uint64_t got = 0, want = m->v[i];
+	int64_t b = 0, x = 0;
+	bk_begin(&k, o);
+	switch (o->sub) {
+	case CR_SUM:
+		got = (uint64_t)pcpu_counter_sum(c);
+		break;
+	case CR_SUMPOS:
+		got = (uint64_t)pcpu_counter_sum_positive(c);
+		want = (int64_t)want > 0 ? want : 0;
+		break;
+	case CR_READ:
+		got = (uint64_t)pcpu_counter_read(c);
+		b = pcpu_counter_error_bound(c);
+		break;
+	case CR_READPOS:
+		x = pcpu_counter_read(c);
+		got = (uint64_t)pcpu_counter_read_positive(c);
+		b = pcpu_counter_error_bound(c);
+		break;
+	case CR_BOUNDED:
+		got = (uint64_t)pcpu_counter_read_bounded(c, &b);
+		break;
+	case CR_BOUND:
+		b = pcpu_counter_error_bound(c);
+		got = (uint64_t)pcpu_counter_read(c);
+		break;
+	}
+	bk_end(&k, cr_name[o->sub]);
+	if (X.fkind)
+		return;
+	char g[32], w[32], what[64];
+	snprintf(what, sizeof(what), "pcpu_counter_%s", cr_name[o->sub]);
+	if (o->sub == CR_SUM || o->sub == CR_SUMPOS) {
+		if (got != want) {
+			fmt_i64(g, sizeof(g), got);
+			fmt_i64(w, sizeof(w), want);
+			failf(F_COUNTER, "c%u.%u %s = %s, model %s", m->id, i, what,
+			      g, w);
+		}
+		return;
+	}
+	if (o->sub == CR_READPOS) {
+		int64_t rp = (int64_t)got;
+		if (rp != (x > 0 ? x : 0)) {
+			failf(F_COUNTER, "c%u.%u read_positive = %" PRId64
+					 " but read = %" PRId64,
+			      m->id, i, rp, x);
+			return;
+		}
+		got = (uint64_t)x;
+	}
+	ctr_check_read(m, i, what, got, b);
+}
+
+/* compare, compare_batch, limited_add: decided by exact arithmetic on
+ * the wrapped value (counter.h, "Range"). */
+static void do_ctr_decide(const struct op *o)
+{
+	struct mctr *m = ctr_get(o->id);
+	uint32_t i = o->off;
+	struct pcpu_counter *c = &m->c[i];
+	int64_t val = (int64_t)m->v[i];
+	int64_t x = o->align == CV_REL ? (int64_t)(m->v[i] + o->val2)
+				       : (int64_t)o->val2;
+	char w[32];
+	fmt_i64(w, sizeof(w), m->v[i]);
+	if (o->kind == OP_CTR_CMP) {
+		struct bk k;
+		int got, want = val > x ? 1 : val < x ? -1 : 0;
+		bk_begin(&k, o);
+		if (o->sub)
+			got = pcpu_counter_compare_batch(c, x, (int32_t)o->size);
+		else
+			got = pcpu_counter_compare(c, x);
+		bk_end(&k, "pcpu_counter_compare");
+		if (!X.fkind && got != want)
+			failf(F_COUNTER, "c%u.%u compare%s(rhs %" PRId64 ") = %d, "
+					 "model %d (value %s)",
+			      m->id, i, o->sub ? "_batch" : "", x, got, want, w);
+		return;
+	}
+	if (act_as(o->cpu) < 0)
+		return;
+	int64_t v = (int64_t)o->val;
+	bool want = v <= 0 || (__int128)val + v <= x;
+	bool got = pcpu_counter_limited_add(c, x, v);
+	if (got != want) {
+		failf(F_COUNTER, "c%u.%u limited_add(limit %" PRId64 ", v %" PRId64
+				 ") = %s, model %s (value %s)",
+		      m->id, i, x, v, got ? "true" : "false",
+		      want ? "true" : "false", w);
+		return;
+	}
+	if (want)
+		m->v[i] += (uint64_t)v;
+}
+
+static void ctr_free_model(struct mctr *m)
+{
+	free(m->c);
+	free(m);
+}
+
+static void do_ctr_destroy(const struct op *o)
+{
+	struct mctr *m = ctr_get(o->id);
+	struct bk k;
+	bk_begin(&k, o);
+	for (int t = 0; t <= o->sub; t++) {
+		if (m->n == 1)
+			pcpu_counter_destroy(m->c);
+		else
+			pcpu_counter_destroy_many(m->c, m->n);
+	}
+	bk_end(&k, "pcpu_counter_destroy");
+	if (m->zero && !X.fkind) {
+		const unsigned char *b = (const unsigned char *)m->c;
+		for (size_t j = 0; j < m->n * sizeof(struct pcpu_counter); j++)
+			if (b[j]) {
+				failf(F_COUNTER, "c%u: destroying the zero-filled, "
+						 "never initialised counter wrote "
+						 "byte %zu",
+				      m->id, j);
+				break;
+			}
+	}
+	X.ctrs[o->id] = NULL;
+	ctr_free_model(m);
+}
+
+/* ---- hotplug callbacks ---- */
+
+static int cb_online(int cpu, void *arg)
+{
+	(void)arg;
+	return X.cb_fail && X.cb_fail[cpu] ? -EIO : 0;
+}
+
+static void do_callback(const struct op *o)
+{
+	if (o->sub) {
+		int r = pcpu_hotplug_unregister(X.cb_handle);
+		if (r)
+			failf(F_API, "pcpu_hotplug_unregister = %d", r);
+		X.cb_handle = -1;
+		return;
+	}
+	/* fails on a third of the CPUs that are not ready now: the
+	 * registration itself runs the callback on the ready ones */
+	int nfail = 0;
+	for (int c = 0; c < X.nr; c++) {
+		int st = pcpu_cpu_state(c);
+		X.cb_fail[c] = st >= 0 && !(st & PCPU_CPU_READY) &&
+			       mix64(o->val + (uint64_t)c) % 3 == 0;
+		nfail += X.cb_fail[c];
+	}
+	int h = pcpu_hotplug_register("model", cb_online, NULL, NULL);
+	if (h < 0) {
+		failf(F_API, "pcpu_hotplug_register = %d", h);
+		return;
+	}
+	X.cb_handle = h;
+	if (X.print)
+		fprintf(stderr, "    (fails on %d CPUs)\n", nfail);
 }
 
 static void exec_op(const struct op *o);
@@ -1605,6 +2531,7 @@ static void do_fork(const struct op *o)
 
 static void exec_op(const struct op *o)
 {
+	struct bk k;
 	X.cur = *o;
 	if (X.print && X.opnum >= X.print_from)
 		print_op(o);
@@ -1649,10 +2576,14 @@ static void exec_op(const struct op *o)
 		do_hotplug(o);
 		break;
 	case OP_TRIM:
+		bk_begin(&k, o);
 		pcpu_trim();
+		bk_end(&k, "pcpu_trim");
 		break;
 	case OP_DRAIN:
+		bk_begin(&k, o);
 		pcpu_drain(o->sub ? PCPU_DRAIN_PAGES : 0);
+		bk_end(&k, "pcpu_drain");
 		break;
 	case OP_BALANCE:
 		if (!X.sim) /* the library reads the main thread's affinity */
@@ -1665,12 +2596,39 @@ static void exec_op(const struct op *o)
 		do_fork(o);
 		break;
 	case OP_VALIDATE: {
+		bk_begin(&k, o);
 		int r = pcpu_validate();
 		if (r)
 			failf(F_VALIDATE, "pcpu_validate() = %d", r);
+		bk_end(&k, "pcpu_validate");
 		break;
 	}
+	case OP_CTR_INIT:
+		do_ctr_init(o);
+		break;
+	case OP_CTR_ADD:
+	case OP_CTR_SET:
+	case OP_CTR_BATCH:
+	case OP_CTR_SYNC:
+	case OP_CTR_PERCPU:
+		do_ctr_update(o);
+		break;
+	case OP_CTR_READ:
+		do_ctr_read(o);
+		break;
+	case OP_CTR_CMP:
+	case OP_CTR_LIMIT:
+		do_ctr_decide(o);
+		break;
+	case OP_CTR_DESTROY:
+		do_ctr_destroy(o);
+		break;
+	case OP_CALLBACK:
+		do_callback(o);
+		break;
 	}
+	if (X.report[0] && !X.fkind)
+		failf(F_REPORT, "the library reported: %s", X.report);
 }
 
 /* Whether @o can run in the replayed subset (its area may not exist). */
@@ -1678,6 +2636,13 @@ static bool runnable(const struct op *o)
 {
 	if ((kinfo[o->kind].flags & K_AREA) && !area_get(o->id))
 		return false;
+	if ((kinfo[o->kind].flags & K_CTR0) && !ctr_get(o->id))
+		return false;
+	if ((kinfo[o->kind].flags & K_CTR) &&
+	    (!ctr_get(o->id) || ctr_get(o->id)->zero))
+		return false;
+	if (o->kind == OP_CALLBACK)
+		return (X.cb_handle >= 0) == (o->sub == 1);
 	/* development: pcpu_ptr only on indexes that ran (in cid mode the
 	 * generator cannot know them) */
 	if (skip_ptr_any &&
@@ -1750,11 +2715,13 @@ static void parse_skip(void)
 			skip_offline_ops = true;
 		else if (!strcmp(t, "fresh"))
 			skip_fresh = true;
+		else if (!strcmp(t, "backed"))
+			skip_backed = true;
 		else {
 			found = false;
 			for (int k = 0; k < NR_OPKINDS; k++)
 				if (!strcmp(t, kinfo[k].name)) {
-					skip_kinds |= 1u << k;
+					skip_kinds |= 1ull << k;
 					found = true;
 				}
 		}
@@ -1765,6 +2732,16 @@ static void parse_skip(void)
 		}
 	}
 	free(dup);
+}
+
+static bool on_valgrind(void);
+static long env_long(const char *name, long def);
+
+static void on_report(const char *what, const void *ptr, void *arg)
+{
+	(void)arg;
+	if (!X.report[0])
+		snprintf(X.report, sizeof(X.report), "%s (%p)", what, ptr);
 }
 
 /* Runs @ra in this process; returns 0 (pass), 1 (failed) or 2 (skipped).
@@ -1814,6 +2791,19 @@ static int run_here(const struct run_args *ra)
 	X.yield = calloc((size_t)X.nr + 8, sizeof(int));
 	X.stamp = calloc((size_t)X.nr + 8, sizeof(unsigned));
 	REQUIRE(X.areas && X.live && X.zero && X.idx && X.yield && X.stamp);
+	X.ctrs = calloc(X.nids, sizeof(*X.ctrs));
+	X.scratch = calloc(1, ZERO_LEN);
+	X.cb_fail = calloc((size_t)X.nr, sizeof(bool));
+	X.bk_used = calloc((size_t)X.nr, 1);
+	REQUIRE(X.ctrs && X.scratch && X.cb_fail && X.bk_used);
+	X.cb_handle = -1;
+	/* one run in 16 checks backed bytes at every library read */
+	X.bk_every = (mix64(ra->seed ^ 0xbacced) & 15) == 0 ||
+		     env_long("PCPU_MODEL_BACKED_ALL", 0);
+#if !defined(PCPU_TEST_LSAN)
+	X.bk_rss = !PCPU_TEST_TSAN && !on_valgrind();
+#endif
+	pcpu_set_error_handler(on_report, NULL);
 	iset_init(&X.touched, X.nr);
 	iset_init(&X.online, X.nr);
 	iset_init(&X.ran, X.nr);
@@ -1829,6 +2819,7 @@ static int run_here(const struct run_args *ra)
 	g.r = rng_make(ra->seed, 1);
 	g.nr = X.nr;
 	g.sim = X.sim;
+	g.worker = m->worker;
 	iset_copy(&g.online, &X.online, X.nr);
 	iset_init(&g.ran, X.nr);
 	for (long i = 0; i < n - 1; i++)
@@ -1852,6 +2843,13 @@ static int run_here(const struct run_args *ra)
 		X.sub = 0;
 		exec_op(&ops[i]);
 	}
+	if (X.print || getenv("PCPU_MODEL_VERBOSE"))
+		fprintf(stderr,
+			"    %ld backed checks (%ld not judged: an index came "
+			"into use), %ld pagemap reads%s\n",
+			X.bk_checks, X.bk_skipped, pm_reads,
+			X.bk_every ? " (this run checks every library read)"
+				   : "");
 	if (X.cid_moves)
 		fprintf(stderr, "    cid: the concurrency id changed during %ld "
 				"operations (their copies were taken from the "
@@ -1883,6 +2881,23 @@ static int run_here(const struct run_args *ra)
 		pcpu_free(a->p);
 		area_free_model(a);
 	}
+	for (uint32_t id = 0; id < X.nids; id++) {
+		struct mctr *mc = X.ctrs[id];
+		if (!mc)
+			continue;
+		if (mc->n == 1)
+			pcpu_counter_destroy(mc->c);
+		else
+			pcpu_counter_destroy_many(mc->c, mc->n);
+		ctr_free_model(mc);
+	}
+	if (X.cb_handle >= 0)
+		pcpu_hotplug_unregister(X.cb_handle);
+	pcpu_set_error_handler(NULL, NULL);
+	free(X.ctrs);
+	free(X.scratch);
+	free(X.cb_fail);
+	free(X.bk_used);
 	iset_free(&X.touched);
 	iset_free(&X.online);
 	iset_free(&X.ran);
