@@ -356,7 +356,7 @@ static int use(int k, bool pin, bool ctx)
 		filler[k] = pthread_self();
 		pthread_mutex_unlock(&ix_lock);
 		for (unsigned int backoff_us = 100;;) {
-			r = _pcpu_initval_fill(k, dirty);
+			r = _pcpu_initval_fill(k, &dirty);
 			if (!r || ctx)
 				break;
 			/* no memory for the initial values: give back what
@@ -367,8 +367,9 @@ static int use(int k, bool pin, bool ctx)
 			if (backoff_us < 100000)
 				backoff_us *= 2;
 		}
-		if (r)
-			dirty = _pcpu_initval_abort(k);
+		if (r) /* still dirty if the discard failed, or if the
+			* abort's own discard of what the fill wrote did */
+			dirty = _pcpu_initval_abort(k) || dirty;
 		pthread_mutex_lock(&ix_lock);
 		if (r) {
 			set_state(k, IX_ABSENT | (dirty ? IX_DIRTY : 0));

@@ -549,13 +549,18 @@ static int fill_batch(int idx, uint32_t *cur)
 /*
  * _pcpu_initval_fill - copy every live initial value into @idx's copies
  * (index.c: @idx is FILLING, owned by the caller, signals blocked).
- * @dirty: a discard of @idx's unit failed before: discard it first.
+ * *@dirty: a discard of @idx's unit failed before: discard it first, and
+ * clear *@dirty once that succeeded (a failed discard leaves it set: the
+ * unit still holds data, and an abort must keep it dirty).
  * Returns 0 or -ENOMEM (the caller retries or aborts).
  */
-int _pcpu_initval_fill(int idx, bool dirty)
+int _pcpu_initval_fill(int idx, bool *dirty)
 {
-	if (dirty && _pcpu_chunks_discard_index(idx))
-		return -ENOMEM;
+	if (*dirty) {
+		if (_pcpu_chunks_discard_index(idx))
+			return -ENOMEM;
+		*dirty = false;
+	}
 	coming_on(idx);
 	/* Dekker with pcpu_alloc_init (count up, then read coming): either
 	 * we see its record or it sees us coming and writes our copy. */

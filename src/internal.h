@@ -58,7 +58,7 @@ static inline void _pcpu_cpu_relax(void)
 /* ---- cpuset: a fixed-size CPU mask (topology.c, used everywhere) ---- */
 
 /* One word more than PCPU_MAX_CPUS needs: bit PCPU_MAX_CPUS can stand for
- * the shared slot. */
+ * cache.c's locked cache (index nr_ids). */
 #define PCPU_CPUSET_WORDS (PCPU_MAX_CPUS / 64 + 1)
 struct pcpu_cpuset {
 	uint64_t bits[PCPU_CPUSET_WORDS];
@@ -451,8 +451,8 @@ void _pcpu_index_atfork_child(void);
 
 void _pcpu_initval_init(void);
 /* Fill of @idx coming into use (index.c; signals blocked): 0 or -ENOMEM.
- * @dirty: discard the unit first. */
-int _pcpu_initval_fill(int idx, bool dirty);
+ * *@dirty: discard the unit first; cleared once that succeeded. */
+int _pcpu_initval_fill(int idx, bool *dirty);
 void _pcpu_initval_filled(int idx);
 /* A failed fill undone; true when the unit is left dirty. */
 bool _pcpu_initval_abort(int idx);
