@@ -34,7 +34,8 @@
  *   - a CPU whose cache holds objects has its bit in `nonempty`.
  *
  * Per-CPU caches.  caches[idx] (idx a CPU, a concurrency id with
- * PCPU_INDEX=cid, or nr_ids for the shared slot) is malloc'd when idx
+ * PCPU_INDEX=cid, or nr_ids for the locked cache of threads whose CPU is
+ * not ready or unknown) is malloc'd when idx
  * first needs one.  Per class, one word st packs the count (bits 0-15)
  * and the pops ever made (bits 16-63), followed by the stack of (object,
  * pageset) pairs.  Who may change CPU k's stacks is decided like cpu.c
@@ -42,7 +43,7 @@
  *   rseq path  rseq sections (arch/ *.h: pcpu__arch_stack_pop/push) that
  *              check the index, pcpu__ok[k] and k's `stopped` byte inside
  *              themselves and commit with one store of st;
- *   otherwise  a spinlock per cache (atomic path, the shared slot, a CPU
+ *   otherwise  a spinlock per cache (atomic path, the locked cache, a CPU
  *              between ready and ok): uncontended but for drains.
  * Leaving the rseq path (pcpu_sim_set_cpu) clears pcpu__ok[] and fences
  * every CPU before the path reads atomic, so the two kinds never overlap.
@@ -961,6 +962,13 @@ struct pend_item {
 static pthread_mutex_t pend_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct pend_item pend_list[PEND_CAP];
 static size_t nr_pend; /* pend_lock; read racily for statistics */
+/* Objects in state STATE_PENDING by the books: listed, or taken by a
+ * cleaning that has not given them back yet.  Atomic: a pend adds to it,
+ * a cleaning subtracts under the alloc lock as it gives its objects back
+ * (their states go to 0 there too), so the validator, which holds that
+ * lock, finds it equal to the objects it sees pended even while the
+ * background worker cleans. */
+static uint64_t pend_total;
 /* clean_lock: one cleaning at a time, owner of the scratch space */
 static pthread_mutex_t clean_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct pend_item clean_items[PEND_CAP];
@@ -1032,11 +1040,17 @@ static size_t pend_clean(void)
 						  class_size(cls));
 			}
 		_pcpu_initval_object_zeroed();
-		__atomic_store_n(state_of(ps, (size_t)(obj - ps_page(ps)) >>
-						     (cls + 2)),
-				 0, __ATOMIC_RELEASE);
 	}
 	pthread_mutex_lock(&_pcpu_alloc_lock);
+	/* pended until here: the validator holds the lock */
+	for (size_t i = 0; i < n; i++) {
+		struct pageset *ps = clean_items[i].ps;
+		char *obj = clean_items[i].obj;
+		__atomic_store_n(state_of(ps, (size_t)(obj - ps_page(ps)) >>
+						     (ps->cls + 2)),
+				 0, __ATOMIC_RELEASE);
+	}
+	__atomic_sub_fetch(&pend_total, n, __ATOMIC_RELAXED);
 	for (unsigned int cls = 0; cls < NR_CLASSES; cls++) {
 		size_t m = 0;
 		for (size_t i = 0; i < n; i++)
@@ -1071,6 +1085,7 @@ static void pend(char *obj, struct pageset *ps)
 			pend_list[n].obj = obj;
 			pend_list[n].ps = ps;
 			__atomic_store_n(&nr_pend, n + 1, __ATOMIC_RELAXED);
+			__atomic_add_fetch(&pend_total, 1, __ATOMIC_RELAXED);
 		}
 		pthread_mutex_unlock(&pend_lock);
 		if (n < PEND_CAP) {
@@ -1106,6 +1121,7 @@ static void cache_atfork_child(void)
 	pthread_mutex_unlock(&pend_lock);
 	pthread_mutex_unlock(&clean_lock);
 	nr_pend = 0;
+	pend_total = 0;
 	for (int i = 0; i < nr_cache_list; i++) {
 		struct cache_cpu *cc = caches[cache_list[i]];
 		cc->lock = 0;
@@ -1647,7 +1663,7 @@ static size_t take_cache(int idx, struct cache_cpu *cc, bool *kick)
 	return total;
 }
 
-/* Drains @cc under its spinlock (atomic path, shared slot). */
+/* Drains @cc under its spinlock (atomic path, the locked cache). */
 static size_t drain_locked(int idx, struct cache_cpu *cc)
 {
 	bool kick = false;
@@ -1671,7 +1687,7 @@ static size_t drain_stopped(int idx, struct cache_cpu *cc)
 }
 
 /* Stops @cc for an rseq drain; false when it can be drained under its
- * lock instead (the shared slot, or the process left the rseq path). */
+ * lock instead (the locked cache, or the process left the rseq path). */
 static bool stop_cache(int idx, struct cache_cpu *cc)
 {
 	spin_lock(&cc->lock);
@@ -2100,13 +2116,15 @@ int _pcpu_cache_validate_locked(void)
 	int r = check_caches(&cached);
 	if (r)
 		return r;
-	/* (pend_lock comes before the allocator lock: read, not taken) */
-	size_t np = __atomic_load_n(&nr_pend, __ATOMIC_RELAXED);
+	/* (pend_lock comes before the allocator lock: not taken; the
+	 * books, pend_total, change under this lock or with a pend, which
+	 * is a free in flight) */
+	uint64_t np = __atomic_load_n(&pend_total, __ATOMIC_RELAXED);
 	if (pended != np) {
 		fprintf(stderr,
 			"libpcpu: validate: object caches: %llu objects pended, "
-			"%zu in the list\n",
-			(unsigned long long)pended, np);
+			"%llu on the books\n",
+			(unsigned long long)pended, (unsigned long long)np);
 		return -EUCLEAN;
 	}
 	if (not_out != free_objs + cached) {

@@ -235,7 +235,8 @@ static void fmt_append(char *buf, size_t len, size_t *pos, const char *src,
 
 /* _pcpu_cpulist_format - see internal.h.  Runs of two or more CPUs are
  * written "a-b"; the empty set is "".  Every bit is printed, including
- * bit PCPU_MAX_CPUS (the shared slot), which parse would then refuse. */
+ * bit PCPU_MAX_CPUS (cache.c's locked cache), which parse would then
+ * refuse. */
 int _pcpu_cpulist_format(const struct pcpu_cpuset *set, char *buf, size_t len)
 {
 	size_t pos = 0;
