@@ -14,8 +14,9 @@
  *   own view  a CPU whose online callbacks failed, or that has more
  *             pcpu_alloc_init areas than anything could copy in a blink,
  *             still reads back what it wrote;
- *   together  threads that start at once each work in their own CPU's
- *             copy: no index beyond the ones they run on;
+ *   together  threads that start at once (two a simulated CPU) each work
+ *             in their own CPU's copy: no index beyond the ones they run
+ *             on, and every add in its CPU's copy;
  *   get/put   pcpu_get_cpu_ptr pins, pcpu_put_cpu_ptr restores.
  *
  * Each part runs in a fresh process (this program re-executed with the
@@ -402,8 +403,9 @@ static int together_this[TOGETHER];
 static void *together_main(void *arg)
 {
 	int i = (int)(intptr_t)arg;
-	if (getenv("PCPU_SIM_POSSIBLE"))
-		CHECK_EQ(pcpu_sim_set_cpu(200 + i), 0);
+	if (getenv("PCPU_SIM_POSSIBLE")) /* two threads a CPU: each finds
+					    the other bringing it up */
+		CHECK_EQ(pcpu_sim_set_cpu(200 + i / 2), 0);
 	else
 		pin_self(real_cpus[i % nr_real_cpus]);
 	pthread_barrier_wait(&together_bar);
@@ -431,11 +433,17 @@ static int part_together(void)
 	/* each thread's index is its CPU; nothing else came into use */
 	struct pcpu_cpuset want;
 	_pcpu_cpuset_zero(&want);
+	int on[PCPU_MAX_CPUS] = { 0 };
 	for (int i = 0; i < n; i++) {
-		int expect = sim ? 200 + i : real_cpus[i % nr_real_cpus];
+		int expect = sim ? 200 + i / 2 : real_cpus[i % nr_real_cpus];
 		CHECK_EQ(together_this[i], expect);
 		_pcpu_cpuset_set(&want, expect);
+		on[expect]++;
 	}
+	/* and each add landed in its own CPU's copy */
+	for (int c = 0; c < pcpu_nr_cpu_ids(); c++)
+		if (on[c])
+			CHECK_EQ(*pcpu_ptr(together_area, c), on[c]);
 	int cpu, extra = 0;
 	pcpu_for_each_cpu(cpu)
 		extra += !_pcpu_cpuset_test(&want, cpu) &&
