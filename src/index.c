@@ -414,6 +414,19 @@ int _pcpu_index_use_ctx(int k)
 
 int _pcpu_index_enter(int k, bool unregistered, bool *rseq, int *ticket)
 {
+	if (!rseq_path()) {
+		/* the fallback's common case, the loop's own steps for it
+		 * without the nesting bookkeeping (see below) */
+		if (PCPU_LIKELY(state_of(load_st(k)) == IX_INUSE)) {
+			unsigned int ph = gate_enter(k);
+			if (PCPU_LIKELY(state_of(load_st(k)) == IX_INUSE)) {
+				*rseq = false;
+				*ticket = (int)ph;
+				return k;
+			}
+			gate_exit(k, ph);
+		}
+	}
 	for (unsigned int spins = 0;; spins++) {
 		uint32_t s = load_st(k);
 		bool nested = tls_gate_depth && tls_gate_idx == k;
@@ -455,13 +468,19 @@ int _pcpu_index_enter(int k, bool unregistered, bool *rseq, int *ticket)
 								__ATOMIC_SEQ_CST))
 					s = want;
 			}
+			bool rp = rseq_path();
 			if (state_of(s) == IX_INUSE &&
-			    (nested || !rseq_path() ||
-			     !(s & (IX_READY | IX_DEMOTING)))) {
+			    (nested || !rp || !(s & (IX_READY | IX_DEMOTING)))) {
 				*rseq = false;
-				*ticket = (int)ph;
-				tls_gate_idx = k;
-				tls_gate_depth++;
+				/* the hold is counted for nesting only on the
+				 * rseq path: off it no promotion runs, and
+				 * the process never returns to it (the
+				 * fallback's cost, bench/bench_ops) */
+				*ticket = (int)ph | (rp ? 2 : 0);
+				if (rp) {
+					tls_gate_idx = k;
+					tls_gate_depth++;
+				}
 				return k;
 			}
 			gate_exit(k, ph);
@@ -475,8 +494,9 @@ void _pcpu_index_exit(int k, int ticket)
 {
 	if (ticket < 0)
 		return;
-	tls_gate_depth--;
-	gate_exit(k, (unsigned int)ticket);
+	if (ticket & 2)
+		tls_gate_depth--;
+	gate_exit(k, (unsigned int)ticket & 1);
 }
 
 /* ---- the hotplug context ---- */

@@ -348,7 +348,6 @@ void _pcpu_used_snapshot(struct pcpu_cpuset *out);
  * abort); else an atomic write followed by _pcpu_slow_exit(idx, *@ticket).
  * Never fails; may wait for a fill (signals blocked meanwhile). */
 int _pcpu_slow_enter(bool *rseq, int *ticket);
-void _pcpu_slow_exit(int idx, int ticket);
 /* The same for slots indexed by concurrency (counters): by mm_cid (the
  * section then compares the mm_cid field) or by thread id (atomic). */
 int _pcpu_cid_enter(bool *rseq, int *ticket);
@@ -425,6 +424,10 @@ int _pcpu_index_use_ctx(int k);
  * rseq registration (sections are then turned off on @k). */
 int _pcpu_index_enter(int k, bool unregistered, bool *rseq, int *ticket);
 void _pcpu_index_exit(int k, int ticket);
+static inline void _pcpu_slow_exit(int idx, int ticket)
+{
+	_pcpu_index_exit(idx, ticket);
+}
 /* PCPU_INDEX_* bits of @k. */
 int _pcpu_index_state(int k);
 /* Hotplug context: make @k ready if hotplug.c agrees; stop sections on
