@@ -1815,6 +1815,7 @@ static int collect(bool idle)
 size_t pcpu_drain(unsigned int flags)
 {
 	_pcpu_ensure_init();
+	_pcpu_chunk_clean_deferred(); /* areas' deferred frees too */
 	if (__atomic_load_n(&cache_mode, __ATOMIC_ACQUIRE) < 0)
 		return 0; /* no object was ever cached */
 	pend_clean();
@@ -1828,6 +1829,7 @@ size_t pcpu_drain(unsigned int flags)
 
 void _pcpu_cache_tick(bool pressure)
 {
+	_pcpu_chunk_clean_deferred(); /* areas' deferred frees too */
 	if (__atomic_load_n(&cache_mode, __ATOMIC_ACQUIRE) < 0)
 		return;
 	if (pressure) {

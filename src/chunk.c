@@ -498,6 +498,9 @@ static void debug_validate(const struct pcpu_chunk *c, const void *p,
 #endif
 }
 
+static size_t nr_deferred;
+static bool defer_clean_locked(void);
+
 /* Validates the arguments; returns the word count or 0 with errno set. */
 static uint32_t alloc_args(size_t size, size_t *align)
 {
@@ -529,6 +532,7 @@ void *pcpu_alloc(size_t size, size_t align)
 		return NULL;
 	uint32_t align_bits = align < 4 ? 1 : (uint32_t)(align / 4);
 
+	bool kick = false;
 	pthread_mutex_lock(&_pcpu_alloc_lock);
 	for (;;) {
 		void *p = alloc_from_slots(bits, align_bits);
@@ -536,10 +540,19 @@ void *pcpu_alloc(size_t size, size_t align)
 			count_alloc((size_t)bits * 4);
 			debug_validate(_pcpu_chunk_lookup(p), p, bits * 4);
 			pthread_mutex_unlock(&_pcpu_alloc_lock);
+			if (kick)
+				_pcpu_balance_kick(false);
 			_pcpu_balance_start();
 			return p;
 		}
+		if (nr_deferred) { /* room freed but not zeroed yet */
+			kick |= defer_clean_locked();
+			continue;
+		}
 		pthread_mutex_unlock(&_pcpu_alloc_lock);
+		if (kick)
+			_pcpu_balance_kick(false);
+		kick = false;
 		struct pcpu_chunk *c = _pcpu_chunk_create();
 		if (!c)
 			return NULL; /* errno ENOMEM */
@@ -571,6 +584,12 @@ void *pcpu_alloc_nonblock(size_t size, size_t align)
 		return NULL;
 	}
 	void *p = alloc_from_slots(bits, align_bits);
+	if (!p && nr_deferred) {
+		/* room freed but not zeroed yet: the batch is done here
+		 * (pagemap reads and zeroing: no mapping, no sleep) */
+		defer_clean_locked();
+		p = alloc_from_slots(bits, align_bits);
+	}
 	if (p) {
 		count_alloc((size_t)bits * 4);
 		debug_validate(_pcpu_chunk_lookup(p), p, bits * 4);
@@ -625,19 +644,22 @@ static bool mem_is_zero(const void *p, size_t n)
 	return true;
 }
 
-void _pcpu_chunk_zero(struct pcpu_chunk *c, char *p, size_t bytes)
+/* Zeroes [p, p + bytes) of @c on the indexes of @used, reading only
+ * pages known to hold data; with @learn, asks the kernel first about an
+ * index that has a page of the range not known (else the caller did,
+ * for this batch of frees). */
+static void zero_used(struct pcpu_chunk *c, char *p, size_t bytes,
+		      const struct pcpu_cpuset *used, bool learn)
 {
-	struct pcpu_cpuset used;
 	const size_t page = _pcpu_g.page_size, unit = _pcpu_g.unit_size;
 	size_t off = (size_t)(p - c->base);
 	uint32_t pg0 = (uint32_t)(off / page);
 	uint32_t pg1 = (uint32_t)((off + bytes - 1) / page);
 
-	_pcpu_used_snapshot(&used);
-	_pcpu_cpuset_for_each(idx, &used) {
+	_pcpu_cpuset_for_each(idx, used) {
 		if (idx >= _pcpu_g.nr_ids)
 			break;
-		if (!_pcpu_backed_all(c, idx, pg0, pg1))
+		if (learn && !_pcpu_backed_all(c, idx, pg0, pg1))
 			_pcpu_backed_learn(c, idx);
 		for (uint32_t pg = pg0; pg <= pg1; pg++) {
 			if (!_pcpu_backed_test(c, idx, pg))
@@ -649,6 +671,184 @@ void _pcpu_chunk_zero(struct pcpu_chunk *c, char *p, size_t bytes)
 				memset(q, 0, hi - lo);
 		}
 	}
+}
+
+void _pcpu_chunk_zero(struct pcpu_chunk *c, char *p, size_t bytes)
+{
+	struct pcpu_cpuset used;
+	_pcpu_used_snapshot(&used);
+	zero_used(c, p, bytes, &used, true);
+}
+
+/* Whether every index of @used is known to hold data on every page of
+ * [p, p + bytes): the free may zero it at once. */
+static bool area_known(const struct pcpu_chunk *c, const char *p,
+		       size_t bytes, const struct pcpu_cpuset *used)
+{
+	const size_t page = _pcpu_g.page_size;
+	size_t off = (size_t)(p - c->base);
+	uint32_t pg0 = (uint32_t)(off / page);
+	uint32_t pg1 = (uint32_t)((off + bytes - 1) / page);
+	_pcpu_cpuset_for_each(idx, used) {
+		if (idx >= _pcpu_g.nr_ids)
+			break;
+		if (!_pcpu_backed_all(c, idx, pg0, pg1))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * free_locked - the free of @c's area at @p (@bits long): zero it on the
+ * indexes of @used (see zero_used for @learn), give it back to the map.
+ * Context: alloc lock held.  Returns whether the balance worker is to be
+ * kicked.
+ */
+static bool free_locked(struct pcpu_chunk *c, char *p, uint32_t bits,
+			const struct pcpu_cpuset *used, bool learn)
+{
+	uint32_t off = (uint32_t)((size_t)(p - c->base) / 4);
+	zero_used(c, p, (size_t)bits * 4, used, learn);
+	_pcpu_areamap_free(&c->map, off);
+	c->nofit_bits = 0;
+	c->nr_alloc--;
+	if (c->state == PCPU_CHUNK_SIDELINED && !c->nr_alloc)
+		_pcpu_chunk_reintegrate(c); /* empty: an active free chunk */
+	slot_update(c);
+	pages_sync_range(c, off, bits);
+	_pcpu_counters.nr_dealloc++;
+	_pcpu_counters.nr_cur_alloc--;
+	_pcpu_counters.live_bytes -= (size_t)bits * 4;
+	bool kick = _pcpu_reclaim_note_free(c);
+	debug_validate(c, p, bits * 4);
+	return kick;
+}
+
+/*
+ * Deferred frees.  A free whose area has a page that some index in use
+ * is not known to hold data on must ask the kernel before it may zero
+ * the area (a pagemap read, 2-3 us; a page nobody wrote must not be
+ * read).  One read covers a chunk's whole unit, so such frees wait here,
+ * under the allocator lock, and are done in batches: one read per chunk
+ * and index a batch.  A deferred area stays allocated in its chunk's
+ * map until then (live in the counters, never handed out again), its
+ * init record is gone and its coming copies are zeroed at once; a second
+ * free of it is reported (defer_set).  The batch is done when it is
+ * full, and by pcpu_drain, pcpu_trim, the balance worker, a release
+ * scan, pcpu_stats_get and pcpu_validate (_pcpu_chunk_clean_deferred).
+ */
+#define DEFER_BATCH 256
+#define DEFER_SET (4 * DEFER_BATCH) /* a power of 2 */
+struct deferred {
+	struct pcpu_chunk *c;
+	char *p;
+	uint32_t bits;
+};
+static struct deferred deferred[DEFER_BATCH];
+static const void *defer_set[DEFER_SET]; /* open addressing, no removal */
+
+static size_t defer_hash(const void *p)
+{
+	return (size_t)(((uintptr_t)p >> 2) * 0x9e3779b97f4a7c15ULL >> 40) &
+	       (DEFER_SET - 1);
+}
+
+static bool deferred_has(const void *p)
+{
+	if (!nr_deferred)
+		return false;
+	for (size_t h = defer_hash(p);; h = (h + 1) & (DEFER_SET - 1)) {
+		if (defer_set[h] == p)
+			return true;
+		if (!defer_set[h])
+			return false;
+	}
+}
+
+/* Sorts the deferred frees by chunk: a shell sort, which allocates
+ * nothing (glibc's qsort may malloc, and pcpu_alloc_nonblock cleans). */
+static void sort_deferred(size_t n)
+{
+	static const size_t gaps[] = { 57, 23, 10, 4, 1 };
+	for (size_t g = 0; g < sizeof(gaps) / sizeof(gaps[0]); g++)
+		for (size_t i = gaps[g]; i < n; i++) {
+			struct deferred x = deferred[i];
+			size_t j = i;
+			for (; j >= gaps[g] && (uintptr_t)deferred[j - gaps[g]].c >
+							(uintptr_t)x.c;
+			     j -= gaps[g])
+				deferred[j] = deferred[j - gaps[g]];
+			deferred[j] = x;
+		}
+}
+
+/* Does the deferred frees.  Context: alloc lock held.  Returns whether
+ * the balance worker is to be kicked. */
+static bool defer_clean_locked(void)
+{
+	size_t n = nr_deferred;
+	struct pcpu_cpuset used;
+	bool kick = false;
+	const size_t page = _pcpu_g.page_size;
+
+	if (!n)
+		return false;
+	_pcpu_used_snapshot(&used);
+	sort_deferred(n);
+	for (size_t a = 0, b; a < n; a = b) {
+		struct pcpu_chunk *c = deferred[a].c;
+		for (b = a; b < n && deferred[b].c == c; b++)
+			;
+		_pcpu_cpuset_for_each(idx, &used) {
+			if (idx >= _pcpu_g.nr_ids)
+				break;
+			for (size_t i = a; i < b; i++) {
+				size_t off = (size_t)(deferred[i].p - c->base);
+				if (!_pcpu_backed_all(
+					    c, idx, (uint32_t)(off / page),
+					    (uint32_t)((off + deferred[i].bits *
+								  4 - 1) /
+						       page))) {
+					_pcpu_backed_learn(c, idx);
+					break;
+				}
+			}
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		kick |= free_locked(deferred[i].c, deferred[i].p,
+				    deferred[i].bits, &used, false);
+	__atomic_store_n(&nr_deferred, 0, __ATOMIC_RELAXED);
+	memset(defer_set, 0, sizeof(defer_set));
+	_pcpu_counters.deferred_cleans++;
+	return kick;
+}
+
+void _pcpu_chunk_clean_deferred(void)
+{
+	if (!__atomic_load_n(&nr_deferred, __ATOMIC_RELAXED))
+		return;
+	pthread_mutex_lock(&_pcpu_alloc_lock);
+	bool kick = defer_clean_locked();
+	pthread_mutex_unlock(&_pcpu_alloc_lock);
+	if (kick)
+		_pcpu_balance_kick(false);
+}
+
+/* Defers the free of @c's area at @p.  Context: alloc lock held. */
+static bool defer_locked(struct pcpu_chunk *c, char *p, uint32_t bits)
+{
+	bool kick = false;
+	if (nr_deferred == DEFER_BATCH)
+		kick = defer_clean_locked();
+	deferred[nr_deferred] = (struct deferred){ c, p, bits };
+	size_t h = defer_hash(p);
+	while (defer_set[h])
+		h = (h + 1) & (DEFER_SET - 1);
+	defer_set[h] = p;
+	__atomic_store_n(&nr_deferred, nr_deferred + 1, __ATOMIC_RELAXED);
+	_pcpu_counters.deferred_frees++;
+	return kick;
 }
 
 void pcpu_free(void *p)
@@ -663,6 +863,10 @@ void pcpu_free(void *p)
 	_pcpu_ensure_init();
 	pthread_mutex_lock(&_pcpu_alloc_lock);
 	struct pcpu_chunk *c = area_lookup(p, &off, &why);
+	if (c && deferred_has(p)) {
+		c = NULL;
+		why = "double free";
+	}
 	if (!c) {
 		pthread_mutex_unlock(&_pcpu_alloc_lock);
 		_pcpu_report(why, p);
@@ -670,19 +874,13 @@ void pcpu_free(void *p)
 	}
 	uint32_t bits = _pcpu_areamap_size(&c->map, off);
 	_pcpu_initval_area_freed(c, p, (size_t)bits * 4);
-	_pcpu_chunk_zero(c, p, (size_t)bits * 4);
-	_pcpu_areamap_free(&c->map, off);
-	c->nofit_bits = 0;
-	c->nr_alloc--;
-	if (c->state == PCPU_CHUNK_SIDELINED && !c->nr_alloc)
-		_pcpu_chunk_reintegrate(c); /* empty: an active free chunk */
-	slot_update(c);
-	pages_sync_range(c, off, bits);
-	_pcpu_counters.nr_dealloc++;
-	_pcpu_counters.nr_cur_alloc--;
-	_pcpu_counters.live_bytes -= (size_t)bits * 4;
-	bool kick = _pcpu_reclaim_note_free(c);
-	debug_validate(c, p, bits * 4);
+	struct pcpu_cpuset used;
+	_pcpu_used_snapshot(&used);
+	bool kick;
+	if (area_known(c, p, (size_t)bits * 4, &used))
+		kick = free_locked(c, p, bits, &used, false);
+	else
+		kick = defer_locked(c, p, bits);
 	pthread_mutex_unlock(&_pcpu_alloc_lock);
 	if (kick)
 		_pcpu_balance_kick(false);
@@ -753,6 +951,8 @@ size_t pcpu_alloc_size(const void *p)
 	_pcpu_ensure_init();
 	pthread_mutex_lock(&_pcpu_alloc_lock);
 	struct pcpu_chunk *c = area_lookup(p, &off, &why);
+	if (c && deferred_has(p))
+		c = NULL; /* freed, its free deferred */
 	if (c)
 		size = (size_t)_pcpu_areamap_size(&c->map, off) * 4;
 	pthread_mutex_unlock(&_pcpu_alloc_lock);
@@ -942,6 +1142,7 @@ int pcpu_validate(void)
 	_pcpu_ensure_init();
 	if (_pcpu_index_validate())
 		return -EUCLEAN;
+	_pcpu_chunk_clean_deferred(); /* a deferred area is freed, not live */
 	pthread_mutex_lock(&_pcpu_alloc_lock);
 	int ret = _pcpu_validate_locked();
 	pthread_mutex_unlock(&_pcpu_alloc_lock);

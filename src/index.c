@@ -581,6 +581,7 @@ int _pcpu_index_release(int k)
 	pthread_mutex_unlock(&ix_lock);
 	gate_wait(k); /* writers that saw INUSE have finished */
 	_pcpu_cache_clean_pending(); /* freed objects still to be zeroed */
+	_pcpu_chunk_clean_deferred(); /* ... and freed areas */
 
 	_pcpu_reclaim_lock();
 	struct pcpu_chunk **snap = NULL;

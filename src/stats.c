@@ -84,6 +84,7 @@ int pcpu_stats_get(struct pcpu_stats *st)
 
 	_pcpu_ensure_init();
 	memset(st, 0, sizeof(*st));
+	_pcpu_chunk_clean_deferred(); /* deferred frees count as done */
 	_pcpu_used_snapshot(&used);
 	pthread_mutex_lock(&_pcpu_alloc_lock);
 	for (size_t i = 0; i < _pcpu_nr_chunks; i++) {
@@ -130,6 +131,11 @@ int pcpu_stats_get(struct pcpu_stats *st)
 	st->nr_cpu_ids = _pcpu_g.nr_ids;
 	st->nr_used_cpus = _pcpu_cpuset_count(&used);
 	_pcpu_cache_stats(st); /* the objects of the size classes */
+	/* ... and the areas whose free was deferred (chunk.c) */
+	st->zero_pended += __atomic_load_n(&_pcpu_counters.deferred_frees,
+					   __ATOMIC_RELAXED);
+	st->zero_cleans += __atomic_load_n(&_pcpu_counters.deferred_cleans,
+					   __ATOMIC_RELAXED);
 	return 0;
 }
 

@@ -791,6 +791,56 @@ static int double_free_child(void *arg)
 	return 3;
 }
 
+/*
+ * A free whose pages some index in use is not known to hold data on is
+ * deferred (chunk.c): the area is freed at once for the caller (its
+ * size is gone, a second free is reported) and zeroed and reused after
+ * the batch.  Written here on one index only, by pointer: the other
+ * indexes' pages hold nothing, so the free waits for the kernel's word.
+ */
+static void test_deferred(void)
+{
+	struct pcpu_stats s0, s1;
+	int nr = pcpu_nr_cpu_ids();
+	pcpu_trim(); /* fresh pages: nothing known about them */
+	get_stats(&s0);
+	char *p[8];
+	for (int i = 0; i < 8; i++) {
+		REQUIRE(p[i] = pcpu_alloc(1024, 0)); /* above the classes */
+		memset(pcpu_ptr(p[i], 0), 0x5a, 1024);
+	}
+	pcpu_set_error_handler(record_error, NULL);
+	for (int i = 0; i < 8; i++) {
+		pcpu_free(p[i]);
+		errno = 0;
+		CHECK_EQ(pcpu_alloc_size(p[i]), 0);
+		CHECK_EQ(errno, EINVAL);
+		err_calls = 0;
+		pcpu_free(p[i]); /* freed, waiting to be zeroed: reported */
+		CHECK_EQ(err_calls, 1);
+		CHECK(err_calls >= 1 && !strcmp(err_what[0], "double free"));
+	}
+	pcpu_set_error_handler(NULL, NULL);
+	get_stats(&s1); /* does the deferred frees */
+	CHECK(s1.zero_pended > s0.zero_pended); /* some did wait */
+	CHECK_EQ(s1.nr_cur_alloc, s0.nr_cur_alloc);
+	CHECK_EQ(pcpu_validate(), 0);
+	/* the space comes back zero on every index */
+	int bad = 0;
+	for (int i = 0; i < 8; i++) {
+		char *q = pcpu_alloc(1024, 0);
+		REQUIRE(q);
+		for (int cpu = 0; cpu < nr; cpu++)
+			for (int k = 0; k < 1024; k++)
+				bad += pcpu_ptr(q, cpu)[k] != 0;
+		p[i] = q;
+	}
+	CHECK_EQ(bad, 0);
+	for (int i = 0; i < 8; i++)
+		pcpu_free(p[i]);
+	CHECK_EQ(pcpu_validate(), 0);
+}
+
 static void test_misuse(void)
 {
 	struct pcpu_stats s0, s1;
@@ -2062,7 +2112,8 @@ int main(int argc, char **argv)
 		heavy ? ", debug validation (short loops)" : "");
 	static const struct check_part parts[] = {
 		{ "args", test_args },       { "zeroing", test_zeroing },
-		{ "misuse", test_misuse },   { "model", test_model },
+		{ "misuse", test_misuse },   { "deferred", test_deferred },
+		{ "model", test_model },
 		{ "threads", test_threads }, { "sim1024", test_sim },
 		{ "oom", test_oom_child },   { "stats", test_stats },
 	};

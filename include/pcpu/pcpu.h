@@ -59,7 +59,11 @@ extern "C" {
 void *pcpu_alloc(size_t size, size_t align);
 
 /* pcpu_free - free an area; NULL is a no-op.  A pointer that is not the
- * start of a live area is reported to the error handler. */
+ * start of a live area is reported to the error handler.  The space is
+ * zeroed on every CPU in use before it is handed out again; when that
+ * needs the kernel's word on which pages hold data, the zeroing waits
+ * for a batch of such frees (pcpu_drain, pcpu_trim, pcpu_stats_get and
+ * pcpu_validate do it at once), and the space is reused after it. */
 void pcpu_free(void *p);
 
 /* Usable size of a live area (the size rounded up to 4 bytes); 0 with
@@ -318,7 +322,8 @@ struct pcpu_stats {
 	   (docs/DESIGN.md, "The per-CPU contract") */
 	uint64_t backed_queries;     /* questions to the kernel (pagemap) */
 	uint64_t zero_pending;       /* freed objects waiting to be zeroed */
-	uint64_t zero_pended;        /* frees that waited so, ever */
+	uint64_t zero_pended;        /* frees that waited so, ever (objects,
+					and areas: see pcpu_free) */
 	uint64_t zero_cleans;        /* batches of them zeroed */
 };
 
