@@ -644,6 +644,16 @@ static bool mem_is_zero(const void *p, size_t n)
 	return true;
 }
 
+/* The pages [*pg0, *pg1] of the unit layout that [p, p + bytes) of @c
+ * spans. */
+static void area_pages(const struct pcpu_chunk *c, const char *p,
+		       size_t bytes, uint32_t *pg0, uint32_t *pg1)
+{
+	size_t off = (size_t)(p - c->base);
+	*pg0 = (uint32_t)(off / _pcpu_g.page_size);
+	*pg1 = (uint32_t)((off + bytes - 1) / _pcpu_g.page_size);
+}
+
 /* Zeroes [p, p + bytes) of @c on the indexes of @used, reading only
  * pages known to hold data; with @learn, asks the kernel first about an
  * index that has a page of the range not known (else the caller did,
@@ -653,8 +663,8 @@ static void zero_used(struct pcpu_chunk *c, char *p, size_t bytes,
 {
 	const size_t page = _pcpu_g.page_size, unit = _pcpu_g.unit_size;
 	size_t off = (size_t)(p - c->base);
-	uint32_t pg0 = (uint32_t)(off / page);
-	uint32_t pg1 = (uint32_t)((off + bytes - 1) / page);
+	uint32_t pg0, pg1;
+	area_pages(c, p, bytes, &pg0, &pg1);
 
 	_pcpu_cpuset_for_each(idx, used) {
 		if (idx >= _pcpu_g.nr_ids)
@@ -685,10 +695,8 @@ void _pcpu_chunk_zero(struct pcpu_chunk *c, char *p, size_t bytes)
 static bool area_known(const struct pcpu_chunk *c, const char *p,
 		       size_t bytes, const struct pcpu_cpuset *used)
 {
-	const size_t page = _pcpu_g.page_size;
-	size_t off = (size_t)(p - c->base);
-	uint32_t pg0 = (uint32_t)(off / page);
-	uint32_t pg1 = (uint32_t)((off + bytes - 1) / page);
+	uint32_t pg0, pg1;
+	area_pages(c, p, bytes, &pg0, &pg1);
 	_pcpu_cpuset_for_each(idx, used) {
 		if (idx >= _pcpu_g.nr_ids)
 			break;
@@ -789,7 +797,6 @@ static bool defer_clean_locked(void)
 	size_t n = nr_deferred;
 	struct pcpu_cpuset used;
 	bool kick = false;
-	const size_t page = _pcpu_g.page_size;
 
 	if (!n)
 		return false;
@@ -803,12 +810,11 @@ static bool defer_clean_locked(void)
 			if (idx >= _pcpu_g.nr_ids)
 				break;
 			for (size_t i = a; i < b; i++) {
-				size_t off = (size_t)(deferred[i].p - c->base);
-				if (!_pcpu_backed_all(
-					    c, idx, (uint32_t)(off / page),
-					    (uint32_t)((off + deferred[i].bits *
-								  4 - 1) /
-						       page))) {
+				uint32_t pg0, pg1;
+				area_pages(c, deferred[i].p,
+					   (size_t)deferred[i].bits * 4, &pg0,
+					   &pg1);
+				if (!_pcpu_backed_all(c, idx, pg0, pg1)) {
 					_pcpu_backed_learn(c, idx);
 					break;
 				}
@@ -1133,6 +1139,22 @@ int _pcpu_validate_locked(void)
 			_pcpu_nr_chunks,
 			(unsigned long long)_pcpu_counters.nr_chunks);
 		return -EUCLEAN;
+	}
+	/* deferred frees: live areas of the map, each in the set once */
+	for (size_t i = 0; i < nr_deferred; i++) {
+		const struct deferred *d = &deferred[i];
+		uint32_t off = (uint32_t)((size_t)(d->p - d->c->base) / 4);
+		size_t twins = 0;
+		for (size_t j = 0; j < nr_deferred; j++)
+			twins += deferred[j].p == d->p;
+		if (!_pcpu_areamap_is_start(&d->c->map, off) ||
+		    _pcpu_areamap_size(&d->c->map, off) != d->bits ||
+		    !deferred_has(d->p) || twins != 1) {
+			fprintf(stderr, "libpcpu: validate: deferred free of %p "
+					"is not one live area\n",
+				(void *)d->p);
+			return -EUCLEAN;
+		}
 	}
 	return _pcpu_cache_validate_locked();
 }

@@ -123,6 +123,21 @@ static inline void check_run_parts(const struct check_part *parts, size_t n,
 }
 
 /* xorshift64*: the tests' seeded random numbers. */
+/* VmRSS of this process, in KiB (-1 if unknown). */
+#include <string.h>
+static inline long check_rss_kib(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	long kib = -1;
+	while (f && fgets(line, sizeof(line), f))
+		if (!strncmp(line, "VmRSS:", 6))
+			kib = strtol(line + 6, NULL, 10);
+	if (f)
+		fclose(f);
+	return kib;
+}
+
 static inline uint64_t check_rng(uint64_t *state)
 {
 	uint64_t x = *state;

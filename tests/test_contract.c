@@ -39,19 +39,6 @@
 
 static long scale = 1;
 
-/* VmRSS of this process, in KiB. */
-static long rss_kib(void)
-{
-	FILE *f = fopen("/proc/self/status", "r");
-	char line[256];
-	long kib = -1;
-	while (f && fgets(line, sizeof(line), f))
-		if (!strncmp(line, "VmRSS:", 6))
-			kib = strtol(line + 6, NULL, 10);
-	if (f)
-		fclose(f);
-	return kib;
-}
 
 static uint64_t backed(void)
 {
@@ -175,7 +162,7 @@ static int part_trim(void)
 	size_t n = (size_t)(8000 / scale);
 	long **areas = malloc(n * sizeof(*areas));
 	REQUIRE(areas);
-	long rss0 = rss_kib();
+	long rss0 = check_rss_kib();
 	for (size_t i = 0; i < n; i++) {
 		areas[i] = pcpu_alloc(512, 0);
 		REQUIRE(areas[i]);
@@ -190,7 +177,7 @@ static int part_trim(void)
 	}
 	for (int k = 0; k < 2; k++)
 		pthread_join(t[k], NULL);
-	long rss1 = rss_kib();
+	long rss1 = check_rss_kib();
 	/* free 99%, scattered */
 	size_t live = 0;
 	unsigned long *pages = malloc(n * sizeof(*pages));
@@ -207,7 +194,7 @@ static int part_trim(void)
 		}
 	}
 	CHECK_EQ(pcpu_trim() >= 0, 1);
-	long rss2 = rss_kib();
+	long rss2 = check_rss_kib();
 	struct pcpu_stats st;
 	pcpu_stats_get(&st);
 	/* the floor: every page that holds a live area, on every index */
@@ -290,7 +277,7 @@ static int part_nobacking(void)
 	REQUIRE(big);
 	run_as(5, as_cpu_write);
 	uint64_t b0 = backed();
-	long r0 = rss_kib();
+	long r0 = check_rss_kib();
 	long sum = 0;
 	for (size_t i = 0; i < nobjs; i++)
 		sum += pcpu_sum(objs[i]);
@@ -298,14 +285,14 @@ static int part_nobacking(void)
 	CHECK_EQ(pcpu_sum((long *)big), 7);
 	CHECK_EQ(pcpu_validate(), 0);
 	uint64_t b1 = backed();
-	long r1 = rss_kib();
+	long r1 = check_rss_kib();
 	for (size_t i = 0; i < nobjs; i++)
 		pcpu_free(objs[i]);
 	pcpu_free(big);
 	pcpu_drain(0); /* pended frees zeroed */
 	CHECK_EQ(pcpu_validate(), 0);
 	uint64_t b2 = backed();
-	long r2 = rss_kib();
+	long r2 = check_rss_kib();
 	fprintf(stderr,
 		"nobacking: written as cpu 5 of 16: backed %llu KiB, after "
 		"sums %llu, after frees %llu; rss %ld, %ld, %ld KiB\n",

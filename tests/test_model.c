@@ -1450,19 +1450,6 @@ static void lib_read(uint8_t *dst, const uint8_t *src, size_t len)
 	}
 }
 
-/* VmRSS of this process, in KiB. */
-static long rss_kib(void)
-{
-	FILE *f = fopen("/proc/self/status", "r");
-	char line[256];
-	long kib = -1;
-	while (f && fgets(line, sizeof(line), f))
-		if (!strncmp(line, "VmRSS:", 6))
-			kib = strtol(line + 6, NULL, 10);
-	if (f)
-		fclose(f);
-	return kib;
-}
 
 /* ---- backed checks around the library's own reads and frees ---- */
 
@@ -1509,7 +1496,7 @@ static void bk_begin(struct bk *k, const struct op *o)
 	X.bk_checks++;
 	memset(X.bk_used, 0, (size_t)X.nr);
 	bk_mark_used(1);
-	k->rss = X.bk_rss ? rss_kib() : -1;
+	k->rss = X.bk_rss ? check_rss_kib() : -1;
 	k->b = backed_now();
 }
 
@@ -1536,7 +1523,7 @@ static void bk_end(const struct bk *k, const char *what)
 		return;
 	}
 	if (k->rss >= 0) {
-		long r = rss_kib();
+		long r = check_rss_kib();
 		if (r > k->rss + 512) /* malloc and stack noise only */
 			failf(F_BACKED,
 			      "%s: VmRSS %ld -> %ld KiB (+%ld KiB): the "
