@@ -821,10 +821,12 @@ static bool defer_clean_locked(void)
 			}
 		}
 	}
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = n; i-- > 0;) {
+		/* off the list first: the debug validator may run inside */
+		__atomic_store_n(&nr_deferred, i, __ATOMIC_RELAXED);
 		kick |= free_locked(deferred[i].c, deferred[i].p,
 				    deferred[i].bits, &used, false);
-	__atomic_store_n(&nr_deferred, 0, __ATOMIC_RELAXED);
+	}
 	memset(defer_set, 0, sizeof(defer_set));
 	_pcpu_counters.deferred_cleans++;
 	return kick;
