@@ -162,7 +162,7 @@ static int memory_table(void)
 	bench_note("model: boot data 1408 kB/CPU (11 x 128 kB), memcg %d B/CPU "
 		   "in %zu allocations (Linux 5.13 sizes); written on CPUs 0-15",
 		   2960, MEMCG_ALLOCS);
-	bench_note("used indexes %d (16 CPUs + the shared slot if used); "
+	bench_note("used indexes %d (the 16 CPUs written on); "
 		   "sums %s",
 		   s2.nr_used_cpus, wrong || bad ? "WRONG" : "exact");
 	bench_note("target: libpcpu after <= 1.1 x kernel model x 16/1024: "
