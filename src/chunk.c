@@ -499,7 +499,7 @@ static void debug_validate(const struct pcpu_chunk *c, const void *p,
 }
 
 static size_t nr_deferred;
-static bool defer_clean_locked(void);
+static bool defer_clean_locked(bool may_learn, bool *kick);
 
 /* Validates the arguments; returns the word count or 0 with errno set. */
 static uint32_t alloc_args(size_t size, size_t *align)
@@ -545,10 +545,8 @@ void *pcpu_alloc(size_t size, size_t align)
 			_pcpu_balance_start();
 			return p;
 		}
-		if (nr_deferred) { /* room freed but not zeroed yet */
-			kick |= defer_clean_locked();
-			continue;
-		}
+		if (defer_clean_locked(true, &kick))
+			continue; /* room freed but not zeroed until now */
 		pthread_mutex_unlock(&_pcpu_alloc_lock);
 		if (kick)
 			_pcpu_balance_kick(false);
@@ -584,12 +582,9 @@ void *pcpu_alloc_nonblock(size_t size, size_t align)
 		return NULL;
 	}
 	void *p = alloc_from_slots(bits, align_bits);
-	if (!p && nr_deferred) {
-		/* room freed but not zeroed yet: the batch is done here
-		 * (pagemap reads and zeroing: no mapping, no sleep) */
-		defer_clean_locked();
+	bool kick = false;
+	if (!p && defer_clean_locked(false, &kick)) /* pages known: no read */
 		p = alloc_from_slots(bits, align_bits);
-	}
 	if (p) {
 		count_alloc((size_t)bits * 4);
 		debug_validate(_pcpu_chunk_lookup(p), p, bits * 4);
@@ -598,10 +593,11 @@ void *pcpu_alloc_nonblock(size_t size, size_t align)
 				   __ATOMIC_RELAXED);
 	}
 	pthread_mutex_unlock(&_pcpu_alloc_lock);
-	if (!p) {
-		_pcpu_balance_kick_nonblock(); /* reserve a chunk for later */
+	if (!p || kick)
+		_pcpu_balance_kick_nonblock(); /* reserve a chunk for later,
+						 do the deferred frees */
+	if (!p)
 		errno = EAGAIN;
-	}
 	return p;
 }
 
@@ -655,11 +651,10 @@ static void area_pages(const struct pcpu_chunk *c, const char *p,
 }
 
 /* Zeroes [p, p + bytes) of @c on the indexes of @used, reading only
- * pages known to hold data; with @learn, asks the kernel first about an
- * index that has a page of the range not known (else the caller did,
- * for this batch of frees). */
+ * pages known to hold data (the caller asked the kernel first where it
+ * had to: area_known, or a batch of deferred frees). */
 static void zero_used(struct pcpu_chunk *c, char *p, size_t bytes,
-		      const struct pcpu_cpuset *used, bool learn)
+		      const struct pcpu_cpuset *used)
 {
 	const size_t page = _pcpu_g.page_size, unit = _pcpu_g.unit_size;
 	size_t off = (size_t)(p - c->base);
@@ -669,8 +664,6 @@ static void zero_used(struct pcpu_chunk *c, char *p, size_t bytes,
 	_pcpu_cpuset_for_each(idx, used) {
 		if (idx >= _pcpu_g.nr_ids)
 			break;
-		if (learn && !_pcpu_backed_all(c, idx, pg0, pg1))
-			_pcpu_backed_learn(c, idx);
 		for (uint32_t pg = pg0; pg <= pg1; pg++) {
 			if (!_pcpu_backed_test(c, idx, pg))
 				continue; /* holds no data: reads zero */
@@ -681,13 +674,6 @@ static void zero_used(struct pcpu_chunk *c, char *p, size_t bytes,
 				memset(q, 0, hi - lo);
 		}
 	}
-}
-
-void _pcpu_chunk_zero(struct pcpu_chunk *c, char *p, size_t bytes)
-{
-	struct pcpu_cpuset used;
-	_pcpu_used_snapshot(&used);
-	zero_used(c, p, bytes, &used, true);
 }
 
 /* Whether every index of @used is known to hold data on every page of
@@ -708,15 +694,15 @@ static bool area_known(const struct pcpu_chunk *c, const char *p,
 
 /*
  * free_locked - the free of @c's area at @p (@bits long): zero it on the
- * indexes of @used (see zero_used for @learn), give it back to the map.
+ * indexes of @used (zero_used), give it back to the map.
  * Context: alloc lock held.  Returns whether the balance worker is to be
  * kicked.
  */
 static bool free_locked(struct pcpu_chunk *c, char *p, uint32_t bits,
-			const struct pcpu_cpuset *used, bool learn)
+			const struct pcpu_cpuset *used)
 {
 	uint32_t off = (uint32_t)((size_t)(p - c->base) / 4);
-	zero_used(c, p, (size_t)bits * 4, used, learn);
+	zero_used(c, p, (size_t)bits * 4, used);
 	_pcpu_areamap_free(&c->map, off);
 	c->nofit_bits = 0;
 	c->nr_alloc--;
@@ -742,8 +728,11 @@ static bool free_locked(struct pcpu_chunk *c, char *p, uint32_t bits,
  * map until then (live in the counters, never handed out again), its
  * init record is gone and its coming copies are zeroed at once; a second
  * free of it is reported (defer_set).  The batch is done when it is
- * full, and by pcpu_drain, pcpu_trim, the balance worker, a release
- * scan, pcpu_stats_get and pcpu_validate (_pcpu_chunk_clean_deferred).
+ * full, by pcpu_alloc and a cache refill before they grow a chunk, by
+ * pcpu_drain, pcpu_trim, the balance worker, a release scan,
+ * pcpu_stats_get, pcpu_stats_chunks and pcpu_validate
+ * (_pcpu_chunk_clean_deferred); by pcpu_alloc_nonblock only when no
+ * page of it needs the kernel's word (it then kicks the worker).
  */
 #define DEFER_BATCH 256
 #define DEFER_SET (4 * DEFER_BATCH) /* a power of 2 */
@@ -790,17 +779,26 @@ static void sort_deferred(size_t n)
 		}
 }
 
-/* Does the deferred frees.  Context: alloc lock held.  Returns whether
- * the balance worker is to be kicked. */
-static bool defer_clean_locked(void)
+/*
+ * Does the deferred frees; *@kick |= whether the balance worker is to be
+ * kicked.  Without @may_learn (pcpu_alloc_nonblock: no pagemap read,
+ * whose first use opens the file and maps a probe page under a lock a
+ * signal handler may interrupt) only a batch whose every page is known
+ * already.  Context: alloc lock held.  Returns whether it ran.
+ */
+static bool defer_clean_locked(bool may_learn, bool *kick)
 {
 	size_t n = nr_deferred;
 	struct pcpu_cpuset used;
-	bool kick = false;
 
 	if (!n)
 		return false;
 	_pcpu_used_snapshot(&used);
+	if (!may_learn)
+		for (size_t i = 0; i < n; i++)
+			if (!area_known(deferred[i].c, deferred[i].p,
+					(size_t)deferred[i].bits * 4, &used))
+				return false;
 	sort_deferred(n);
 	for (size_t a = 0, b; a < n; a = b) {
 		struct pcpu_chunk *c = deferred[a].c;
@@ -824,20 +822,22 @@ static bool defer_clean_locked(void)
 	for (size_t i = n; i-- > 0;) {
 		/* off the list first: the debug validator may run inside */
 		__atomic_store_n(&nr_deferred, i, __ATOMIC_RELAXED);
-		kick |= free_locked(deferred[i].c, deferred[i].p,
-				    deferred[i].bits, &used, false);
+		*kick |= free_locked(deferred[i].c, deferred[i].p,
+				     deferred[i].bits, &used);
 	}
 	memset(defer_set, 0, sizeof(defer_set));
-	_pcpu_counters.deferred_cleans++;
-	return kick;
+	__atomic_add_fetch(&_pcpu_counters.deferred_cleans, 1,
+			   __ATOMIC_RELAXED);
+	return true;
 }
 
 void _pcpu_chunk_clean_deferred(void)
 {
 	if (!__atomic_load_n(&nr_deferred, __ATOMIC_RELAXED))
 		return;
+	bool kick = false;
 	pthread_mutex_lock(&_pcpu_alloc_lock);
-	bool kick = defer_clean_locked();
+	defer_clean_locked(true, &kick);
 	pthread_mutex_unlock(&_pcpu_alloc_lock);
 	if (kick)
 		_pcpu_balance_kick(false);
@@ -848,14 +848,15 @@ static bool defer_locked(struct pcpu_chunk *c, char *p, uint32_t bits)
 {
 	bool kick = false;
 	if (nr_deferred == DEFER_BATCH)
-		kick = defer_clean_locked();
+		defer_clean_locked(true, &kick);
 	deferred[nr_deferred] = (struct deferred){ c, p, bits };
 	size_t h = defer_hash(p);
 	while (defer_set[h])
 		h = (h + 1) & (DEFER_SET - 1);
 	defer_set[h] = p;
 	__atomic_store_n(&nr_deferred, nr_deferred + 1, __ATOMIC_RELAXED);
-	_pcpu_counters.deferred_frees++;
+	__atomic_add_fetch(&_pcpu_counters.deferred_frees, 1,
+			   __ATOMIC_RELAXED);
 	return kick;
 }
 
@@ -886,7 +887,7 @@ void pcpu_free(void *p)
 	_pcpu_used_snapshot(&used);
 	bool kick;
 	if (area_known(c, p, (size_t)bits * 4, &used))
-		kick = free_locked(c, p, bits, &used, false);
+		kick = free_locked(c, p, bits, &used);
 	else
 		kick = defer_locked(c, p, bits);
 	pthread_mutex_unlock(&_pcpu_alloc_lock);
@@ -901,12 +902,15 @@ static uint64_t pageset_pages;
 void *_pcpu_chunk_page_get(void)
 {
 	uint32_t bits = (uint32_t)(_pcpu_g.page_size / 4);
+	bool kick = false; /* (the worker's next tick does it) */
 	for (;;) {
 		void *p = alloc_from_slots(bits, bits);
 		if (p) {
 			pageset_pages++;
 			return p;
 		}
+		if (defer_clean_locked(true, &kick))
+			continue; /* room freed but not zeroed until now */
 		pthread_mutex_unlock(&_pcpu_alloc_lock);
 		struct pcpu_chunk *c = _pcpu_chunk_create();
 		pthread_mutex_lock(&_pcpu_alloc_lock);

@@ -67,7 +67,7 @@ struct pcpu_alloc_counters {
 	uint64_t chunks_reintegrated, chunks_freed, trims, pressure_events;
 	uint64_t balance_passes, nonblock_fails, chunks_grown;
 	uint64_t backed_queries; /* atomic: pagemap reads of backed.c */
-	uint64_t deferred_frees, deferred_cleans; /* chunk.c, read racily */
+	uint64_t deferred_frees, deferred_cleans; /* atomic (chunk.c) */
 };
 
 extern pthread_mutex_t _pcpu_alloc_lock;
@@ -99,7 +99,6 @@ void _pcpu_chunk_pages_sync(struct pcpu_chunk *c, uint32_t pg0, uint32_t pg1);
  * index in use, reading only pages that hold data (backed.c) and writing
  * only words that are not zero.  The caller owns the bytes (being freed):
  * nothing else writes them.  May ask the kernel (no lock needed). */
-void _pcpu_chunk_zero(struct pcpu_chunk *c, char *p, size_t bytes);
 /* Does the deferred frees of areas (chunk.c; takes the alloc lock). */
 void _pcpu_chunk_clean_deferred(void);
 /* Head of a list: a slot, or PCPU_NR_SLOTS for the sidelined chunks. */

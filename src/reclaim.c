@@ -349,6 +349,9 @@ void _pcpu_reclaim_unlock(void)
 
 size_t _pcpu_reclaim_pass(bool trim, bool want_grow)
 {
+	/* deferred frees first: the room they hold is free room (grow) and
+	 * their pages may be empty ones (depopulate) */
+	_pcpu_chunk_clean_deferred();
 	pthread_mutex_lock(&reclaim_lock);
 	if (want_grow)
 		grow();

@@ -144,6 +144,7 @@ size_t pcpu_stats_chunks(struct pcpu_chunk_stats *out, size_t n)
 	struct pcpu_cpuset used;
 
 	_pcpu_ensure_init();
+	_pcpu_chunk_clean_deferred(); /* deferred frees count as done */
 	_pcpu_used_snapshot(&used);
 	pthread_mutex_lock(&_pcpu_alloc_lock);
 	size_t total = _pcpu_nr_chunks;

@@ -81,6 +81,9 @@ size_t pcpu_alloc_max(void);
  * reserve room; it is never started from here), EINVAL as pcpu_alloc.
  * Usable from a signal handler once the library is initialised (the
  * allocator lock only ever with trylock, no memory mapped, no malloc).
+ * Room held by frees still waiting for their zeroing (see pcpu_free) is
+ * reused only when the kernel need not be asked about its pages; the
+ * balance worker, pcpu_drain or the next pcpu_alloc make the rest free.
  */
 void *pcpu_alloc_nonblock(size_t size, size_t align);
 
