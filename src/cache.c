@@ -2060,7 +2060,7 @@ static int check_caches(uint64_t *cached)
 			}
 			total += n;
 		}
-		if (!why && any && !_pcpu_cpuset_test(&nonempty, idx)) {
+		if (!why && any && !_pcpu_cpuset_atomic_test(&nonempty, idx)) {
 			why = "cache holds objects, mask bit clear";
 			where = cc;
 		}
